@@ -1,0 +1,62 @@
+# Every target sources scripts/env.sh: ports, URLs and state folders in one place.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3.11
+ENV := . scripts/env.sh &&
+VENV_STAMP := .venv/.installed
+
+.PHONY: help all setup data up down status deploy train train-transfer train-small \
+        test test-unit lint format clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+all: setup up deploy train  ## the main job: services up, deploy, train the baseline end to end
+
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install --quiet --upgrade pip
+	.venv/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV_STAMP) data  ## create .venv with the pinned stack and pull the data
+
+data: $(VENV_STAMP)  ## dvc pull data/ and test_images/ from the DVC remote
+	.venv/bin/dvc pull --quiet
+	.venv/bin/dvc status --quiet
+
+up: $(VENV_STAMP)  ## start MLflow, Prefect server and worker in the background (idempotent)
+	scripts/services.sh up
+
+down:  ## stop every background service
+	scripts/services.sh down
+
+status:  ## which services run
+	scripts/services.sh status
+
+deploy: $(VENV_STAMP)  ## register every deployment of prefect.yaml with the Prefect server
+	$(ENV) prefect --no-prompt deploy --all
+
+train: $(VENV_STAMP)  ## run train/baseline through the worker and wait for it
+	$(ENV) prefect deployment run train/baseline --watch
+
+train-small: $(VENV_STAMP)  ## a quick baseline run (CI): 5% of the data, 2 epochs, 96 px
+	$(ENV) prefect deployment run train/baseline --watch \
+	  --params '{"config": {"architecture": "baseline_cnn", "data_fraction": 0.05, "epochs": 2, "image_size": 96}}'
+
+test: $(VENV_STAMP)  ## all tests, the integration ones start real servers
+	.venv/bin/pytest -v
+
+test-unit: $(VENV_STAMP)  ## fast tests only
+	.venv/bin/pytest -m "not integration"
+
+lint: $(VENV_STAMP)  ## ruff lint + format check
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: $(VENV_STAMP)
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+clean: down  ## stop services and delete their state (.run/)
+	rm -rf .run

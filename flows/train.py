@@ -1,0 +1,222 @@
+"""Prefect flow `train`: validate data, train, log to MLflow, register, gate the champion.
+
+Thin adapter over model_lib; deployments `train/baseline` and
+`train/efficientnet-lite0` in prefect.yaml set the config.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from model_lib import data as data_lib
+from model_lib.config import TrainConfig
+from model_lib.image_stats import image_statistics
+from model_lib.metrics import classification_report, flat_metrics
+from model_lib.preprocess import decode_image
+
+REFERENCE_SAMPLE = 2000  # training images described in the drift reference
+
+
+@task(cache_policy=NO_CACHE)
+def check_tracking_server() -> str:
+    from model_lib.tracking import ensure_tracking_server
+
+    return ensure_tracking_server()
+
+
+@task(cache_policy=NO_CACHE)
+def validate_data(config: TrainConfig, report_dir: Path):
+    """Discover and validate the pool; fail the flow when it is unusable."""
+    logger = get_run_logger()
+    items, class_names = data_lib.discover_images(config.data_dir)
+    # Validate what this run uses (the fraction), so small runs stay small.
+    train_items, val_items = data_lib.split(items, config.val_percent, config.data_fraction)
+    report = data_lib.validate_images(train_items + val_items, class_names, config.data_dir)
+    report_path = report.write_json(report_dir / "data_validation.json")
+    logger.info(
+        "data: %d files, classes %s, %d corrupt, %d duplicate groups",
+        report.total_files,
+        report.class_counts,
+        len(report.corrupt),
+        len(report.duplicate_groups),
+    )
+    if not report.ok:
+        raise data_lib.DataError("data validation failed: " + "; ".join(report.errors))
+    train_items, val_items = (
+        data_lib.usable(train_items, report),
+        data_lib.usable(val_items, report),
+    )
+    return train_items, val_items, class_names, report_path
+
+
+@task(cache_policy=NO_CACHE)
+def load_images(config: TrainConfig, train_items, val_items, class_names):
+    from model_lib.models import preprocessing_for
+    from model_lib.training import prepare_data
+
+    prep = preprocessing_for(config.architecture, config.image_size, class_names)
+    return prepare_data(config, train_items, val_items, prep)
+
+
+def reference_statistics(train_items, out_dir: Path) -> Path:
+    """Image statistics of (a fixed sample of) the training split: the drift reference."""
+    rows = []
+    for item in train_items[:: max(1, len(train_items) // REFERENCE_SAMPLE)]:
+        payload = item.path.read_bytes()
+        rows.append(image_statistics(decode_image(payload), len(payload)))
+    path = out_dir / "reference_stats.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@task(cache_policy=NO_CACHE)
+def start_run(
+    config: TrainConfig, train_items, val_items, report_path: Path, work_dir: Path
+) -> str:
+    """Create the MLflow run with params, data version, commit and the data reports.
+
+    Each task re-enters the run by id: Prefect may run tasks on other threads,
+    and MLflow's active run is per thread.
+    """
+    from model_lib.tracking import git_commit
+
+    mlflow.set_experiment(config.experiment_name)
+    with mlflow.start_run(run_name=config.architecture) as run:
+        mlflow.log_params(config.to_params())
+        mlflow.set_tags(
+            {
+                "data_version": data_lib.dvc_data_version(
+                    Path(config.data_dir).with_suffix(".dvc")
+                ),
+                "git_commit": git_commit(),
+                "val_split_fingerprint": data_lib.split_fingerprint(val_items),
+                "train_images": str(len(train_items)),
+                "val_images": str(len(val_items)),
+            }
+        )
+        mlflow.log_artifact(str(report_path))
+        mlflow.log_artifact(str(reference_statistics(train_items, work_dir)))
+    return run.info.run_id
+
+
+@task(cache_policy=NO_CACHE)
+def train_model(config: TrainConfig, prepared, class_names, run_id: str):
+    from mlflow import MlflowClient
+
+    from model_lib.progress import TrainingProgress
+    from model_lib.training import train
+
+    client = MlflowClient()
+
+    def log_epoch(event):  # per-epoch metrics appear in MLflow while training runs
+        for key in (
+            "train_loss",
+            "train_accuracy",
+            "val_loss",
+            "val_accuracy",
+            "images_per_second",
+        ):
+            client.log_metric(run_id, key, event[key], step=event["epoch"])
+
+    return train(config, prepared, class_names, TrainingProgress(get_run_logger(), log_epoch))
+
+
+@task(cache_policy=NO_CACHE)
+def log_results(result, sample_inputs, class_names, out_dir: Path, run_id: str):
+    """Final metrics, plots and both model formats, logged to the run."""
+
+    with mlflow.start_run(run_id=run_id):
+        return _log_results(result, sample_inputs, class_names, out_dir)
+
+
+def _log_results(result, sample_inputs, class_names, out_dir):
+    from model_lib.export import PARITY_TOLERANCE, export_onnx, onnx_parity
+    from model_lib.plots import confusion_matrix_figure, loss_curve
+    from model_lib.tracking import log_models
+
+    predictions = result.val_probabilities.argmax(1)
+    report = classification_report(result.val_labels, predictions, class_names)
+    mlflow.log_metrics(flat_metrics(report, prefix="val_"))
+    mlflow.log_dict(report, "val_report.json")
+    mlflow.log_figure(loss_curve(result.history), "plots/loss_curve.png")
+    mlflow.log_figure(
+        confusion_matrix_figure(report["confusion_matrix"], class_names),
+        "plots/confusion_matrix.png",
+    )
+
+    onnx_path = export_onnx(result.model, out_dir / "model.onnx", result.preprocessing)
+    parity = onnx_parity(result.model, onnx_path, sample_inputs)
+    mlflow.log_metric("onnx_max_abs_diff", parity)
+    if parity > PARITY_TOLERANCE:
+        raise RuntimeError(f"ONNX export differs from PyTorch by {parity:.2e} > {PARITY_TOLERANCE}")
+    model_uri = log_models(result, onnx_path, sample_inputs[:1])
+    return model_uri, report
+
+
+@task(cache_policy=NO_CACHE)
+def register(model_uri: str, config: TrainConfig, accuracy: float, val_items, run_id: str):
+    from model_lib.tracking import register_and_gate
+
+    with mlflow.start_run(run_id=run_id):
+        version, decision = register_and_gate(
+            model_uri, config.registered_model_name, accuracy, val_items, run_id
+        )
+    get_run_logger().info(
+        "registered %s v%s: %s", config.registered_model_name, version, decision.reason
+    )
+    return version, decision
+
+
+@flow(name="train", log_prints=True)
+def train(config: TrainConfig = TrainConfig()) -> dict:
+    """Train one model on the DVC-tracked pool and register it in MLflow."""
+    logger = get_run_logger()
+    check_tracking_server()
+    work_dir = Path(tempfile.mkdtemp(prefix="catdog-train-"))
+    train_items, val_items, class_names, report_path = validate_data(config, work_dir)
+    logger.info("split: %d train / %d validation images", len(train_items), len(val_items))
+
+    run_id = start_run(config, train_items, val_items, report_path, work_dir)
+    prepared = load_images(config, train_items, val_items, class_names)
+    result = train_model(config, prepared, class_names, run_id)
+    model_uri, report = log_results(result, prepared.val_inputs[:16], class_names, work_dir, run_id)
+    version, decision = register(model_uri, config, report["accuracy"], val_items, run_id)
+
+    summary = {
+        "run_id": run_id,
+        "model_version": version,
+        "val_accuracy": report["accuracy"],
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+    }
+    create_markdown_artifact(
+        key="train-summary",
+        markdown=_summary_markdown(config, summary, report),
+        description="Training result and champion decision",
+    )
+    return summary
+
+
+def _summary_markdown(config: TrainConfig, summary: dict, report: dict) -> str:
+    rows = "\n".join(
+        f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        for name, v in report["per_class"].items()
+    )
+    return (
+        f"# {config.architecture}: val accuracy {summary['val_accuracy']:.4f}\n\n"
+        f"- MLflow run `{summary['run_id']}`, registered version **{summary['model_version']}**\n"
+        f"- Champion decision: **{'promoted' if summary['promoted'] else 'not promoted'}**"
+        f" ({summary['reason']})\n\n"
+        f"| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n{rows}\n"
+    )
+
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,41 @@
+"""The training flow's one config object: its fields are the flow's parameters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+ARCHITECTURES = ("baseline_cnn", "efficientnet_lite0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    architecture: str = "baseline_cnn"
+    epochs: int = 14
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 5e-4
+    image_size: int = 224
+    seed: int = 42
+    # Share of the pool used (both splits shrink; subsets are nested, so a
+    # small run's validation images are never another run's training images).
+    data_fraction: float = 1.0
+    val_percent: int = 20
+    data_dir: str = "data"
+    registered_model_name: str = "catdog-classifier"
+    experiment_name: str = "catdog-training"
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"
+            )
+        if not 0 < self.data_fraction <= 1:
+            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
+        if not 0 < self.val_percent < 100:
+            raise ValueError(f"val_percent must be in (0, 100), got {self.val_percent}")
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_params(self) -> dict:
+        return asdict(self)

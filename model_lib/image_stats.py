@@ -1,0 +1,58 @@
+"""Per-image statistics for drift monitoring (Pillow + NumPy, torch-free).
+
+The same function describes the training images (the reference, computed at
+training time) and every image the service classifies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+STAT_COLUMNS = (
+    "width",
+    "height",
+    "aspect_ratio",
+    "file_size_kb",
+    "brightness",
+    "contrast",
+    "mean_red",
+    "mean_green",
+    "mean_blue",
+    "saturation",
+    "sharpness",
+)
+# Sharpness is measured at a fixed size so it does not just track resolution.
+_SHARPNESS_SIZE = 256
+
+
+def image_statistics(image: Image.Image, file_size: int) -> dict[str, float]:
+    """Statistics of a decoded RGB image; `file_size` is the upload's byte count."""
+    width, height = image.size
+    rgb = np.asarray(image, dtype=np.float32)
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    saturation = np.asarray(image.convert("HSV"), dtype=np.float32)[..., 1]
+    small = np.asarray(
+        image.convert("L").resize((_SHARPNESS_SIZE, _SHARPNESS_SIZE), Image.Resampling.BILINEAR),
+        dtype=np.float32,
+    )
+    laplacian = (
+        4 * small[1:-1, 1:-1]
+        - small[:-2, 1:-1]
+        - small[2:, 1:-1]
+        - small[1:-1, :-2]
+        - small[1:-1, 2:]
+    )
+    return {
+        "width": float(width),
+        "height": float(height),
+        "aspect_ratio": width / height,
+        "file_size_kb": file_size / 1024,
+        "brightness": float(gray.mean()),
+        "contrast": float(gray.std()),
+        "mean_red": float(rgb[..., 0].mean()),
+        "mean_green": float(rgb[..., 1].mean()),
+        "mean_blue": float(rgb[..., 2].mean()),
+        "saturation": float(saturation.mean()),
+        "sharpness": float(laplacian.var()),
+    }

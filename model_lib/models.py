@@ -1,0 +1,77 @@
+"""Model architectures (torch). No I/O here."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model_lib.preprocess import Preprocessing
+
+# Conventional ImageNet statistics; the scratch CNN could use anything, these
+# keep inputs near zero mean / unit variance on natural photos.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BaselineCNN(nn.Module):
+    """A small VGG-style CNN with batch norm and global average pooling.
+
+    The stem downsamples 4x straight away (strided conv + max pool) and the
+    early stages have one conv each: at 224x224 the high-resolution layers
+    dominate the cost, and keeping them thin is what lets a from-scratch
+    model train to useful accuracy on two CPU cores in minutes. The
+    low-resolution stages get two convs, where depth is cheap.
+    """
+
+    def __init__(self, num_classes: int = 2, widths=(24, 48, 96, 192, 256), dropout: float = 0.3):
+        super().__init__()
+        layers = [conv_bn_relu(3, widths[0], stride=2), nn.MaxPool2d(2)]  # 224 -> 56
+        in_channels = widths[0]
+        for index, width in enumerate(widths[1:]):
+            layers.append(conv_bn_relu(in_channels, width))
+            if index >= 2:  # at 14x14 and below
+                layers.append(conv_bn_relu(width, width))
+            layers.append(nn.MaxPool2d(2))
+            in_channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(in_channels, num_classes),
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels_last is ~1.5x faster for these convs on CPU.
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
+
+
+def preprocessing_for(architecture: str, image_size: int, class_names) -> Preprocessing:
+    if architecture == "efficientnet_lite0":
+        from model_lib.efficientnet import WEIGHTS_MEAN, WEIGHTS_STD
+
+        mean, std = WEIGHTS_MEAN, WEIGHTS_STD
+    else:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return Preprocessing(image_size, tuple(mean), tuple(std), tuple(class_names))
+
+
+def build_model(architecture: str, num_classes: int) -> nn.Module:
+    if architecture == "baseline_cnn":
+        return BaselineCNN(num_classes).to(memory_format=torch.channels_last)
+    if architecture == "efficientnet_lite0":
+        from model_lib.efficientnet import efficientnet_lite0
+
+        return efficientnet_lite0(num_classes=num_classes, pretrained=True)
+    raise ValueError(f"unknown architecture {architecture!r}")

@@ -1,0 +1,54 @@
+"""ONNX Runtime inference with the preprocessing stored in the model file (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from model_lib.preprocess import Preprocessing, softmax, to_model_input
+
+PREPROCESSING_KEY = "catdog.preprocessing"
+
+
+class OnnxClassifier:
+    """An exported classifier: `predict_proba(batch)` on preprocessed NCHW float32 input."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        options = ort.SessionOptions()
+        # 0 lets ONNX Runtime pick (one thread per core).
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if PREPROCESSING_KEY not in metadata:
+            raise ValueError(
+                f"{path} carries no preprocessing metadata ({PREPROCESSING_KEY}); "
+                "export it with model_lib.export.export_onnx"
+            )
+        self.preprocessing = Preprocessing.from_json(metadata[PREPROCESSING_KEY])
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.preprocessing.class_names
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        logits = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        return softmax(logits)
+
+    def predict_images(self, images, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities for decoded RGB PIL images."""
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = np.stack([to_model_input(img, self.preprocessing) for img in chunk])
+            outputs.append(self.predict_proba(batch))
+        if not outputs:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        return np.concatenate(outputs)

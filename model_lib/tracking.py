@@ -1,0 +1,171 @@
+"""MLflow: run logging, model registration and the champion gate.
+
+Nothing here runs at import time; `tracking_uri()` is read when a flow starts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+
+import httpx
+import numpy as np
+
+DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+CHAMPION_ALIAS = "champion"
+
+
+class ServiceUnavailable(RuntimeError):
+    """A server the flow needs is down; the message says how to start it."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def ensure_tracking_server(uri: str | None = None) -> str:
+    """Fail fast, before any work, when the MLflow server does not answer."""
+    uri = uri or tracking_uri()
+    if not uri.startswith("http"):
+        return uri  # a local store (sqlite:/// or a folder) needs no server
+    try:
+        response = httpx.get(f"{uri.rstrip('/')}/health", timeout=5)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(
+            f"MLflow tracking server at {uri} is not reachable ({exc.__class__.__name__}: {exc}). "
+            "Start the services with `make up` or point MLFLOW_TRACKING_URI at a running server."
+        ) from None
+    return uri
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promoted: bool
+    candidate_accuracy: float
+    champion_version: str | None
+    champion_accuracy: float | None  # the champion re-scored on the candidate's validation split
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def should_promote(candidate_accuracy: float, champion_accuracy: float | None) -> bool:
+    """The first model wins; later ones must be strictly better on the same split."""
+    return champion_accuracy is None or candidate_accuracy > champion_accuracy
+
+
+def champion_accuracy_on(client, model_name: str, val_items) -> tuple[str | None, float | None]:
+    """Re-score the current champion on this run's validation files.
+
+    Comparing against the champion's logged metric would compare different
+    splits whenever data_fraction differs, and the champion may preprocess
+    differently (size, normalisation); scoring its ONNX file here, with its own
+    embedded preprocessing, compares like with like.
+    Returns (version, accuracy), or (None, None) when there is no champion.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from model_lib.onnx_model import OnnxClassifier
+    from model_lib.preprocess import decode_image
+
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+    except MlflowException:
+        return None, None
+    folder = mlflow.artifacts.download_artifacts(f"models:/{model_name}@{CHAMPION_ALIAS}")
+    champion = OnnxClassifier(os.path.join(folder, "model.onnx"))
+    images = [decode_image(item.path.read_bytes()) for item in val_items]
+    labels = np.asarray([item.label for item in val_items])
+    probs = champion.predict_images(images)
+    return version.version, float((probs.argmax(1) == labels).mean())
+
+
+def decide_promotion(candidate_accuracy, champion_version, champion_accuracy) -> PromotionDecision:
+    promoted = should_promote(candidate_accuracy, champion_accuracy)
+    if champion_version is None:
+        reason = "no champion yet: the first registered model becomes champion"
+    elif promoted:
+        reason = (
+            f"val accuracy {candidate_accuracy:.4f} beats champion v{champion_version} "
+            f"({champion_accuracy:.4f}) on the same split"
+        )
+    else:
+        reason = (
+            f"val accuracy {candidate_accuracy:.4f} does not beat champion "
+            f"v{champion_version} ({champion_accuracy:.4f}) on the same split"
+        )
+    return PromotionDecision(
+        promoted, candidate_accuracy, champion_version, champion_accuracy, reason
+    )
+
+
+def log_models(result, onnx_path, example_input: np.ndarray) -> str:
+    """Log the PyTorch and ONNX models of a TrainResult to the active run.
+
+    Returns the ONNX model's URI, the one that gets registered: it is what
+    the service runs, and it carries its preprocessing.
+    """
+    import mlflow
+    import onnx
+    from mlflow.models import infer_signature
+
+    from model_lib.onnx_model import OnnxClassifier
+
+    probs = OnnxClassifier(onnx_path).predict_proba(example_input)
+    signature = infer_signature(example_input, probs)
+    metadata = {"preprocessing": result.preprocessing.to_json()}
+    mlflow.pytorch.log_model(
+        result.model,
+        name="pytorch_model",
+        signature=signature,
+        input_example=example_input,
+        metadata=metadata,
+    )
+    info = mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)),
+        name="onnx_model",
+        signature=signature,
+        input_example=example_input,
+        metadata=metadata,
+        onnx_execution_providers=["CPUExecutionProvider"],
+        save_as_external_data=False,  # one self-contained model.onnx, as packaged for serving
+    )
+    return info.model_uri
+
+
+def register_and_gate(model_uri: str, model_name: str, val_accuracy: float, val_items, run_id):
+    """Register a version; move the champion alias only if it is better. Returns the decision."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    # Score the champion before registering, so a failure here leaves nothing behind.
+    champion_version, champion_accuracy = champion_accuracy_on(client, model_name, val_items)
+    decision = decide_promotion(val_accuracy, champion_version, champion_accuracy)
+    version = mlflow.register_model(model_uri, model_name)
+    for key, value in {
+        "val_accuracy": f"{val_accuracy:.6f}",
+        "run_id": run_id,
+        "promotion": "promoted" if decision.promoted else "rejected",
+        "promotion_reason": decision.reason,
+    }.items():
+        client.set_model_version_tag(model_name, version.version, key, value)
+    if decision.promoted:
+        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
+    mlflow.log_dict(decision.to_dict() | {"version": version.version}, "promotion_decision.json")
+    mlflow.set_tags({"registered_version": version.version, "promoted": str(decision.promoted)})
+    return version.version, decision
