@@ -44,7 +44,7 @@ train-small: $(VENV_STAMP)  ## a quick baseline run (CI): 5% of the data, 2 epoc
 	$(ENV) prefect deployment run train/baseline --watch \
 	  --params '{"config": {"architecture": "baseline_cnn", "data_fraction": 0.05, "epochs": 2, "image_size": 96}}'
 
-test: $(VENV_STAMP)  ## all tests, the integration ones start real servers
+test: setup  ## all tests (unit + integration; the integration ones start real servers)
 	.venv/bin/pytest -v
 
 test-unit: $(VENV_STAMP)  ## fast tests only

@@ -28,7 +28,8 @@ def discover_images(root: str | Path) -> tuple[list[LabeledImage], tuple[str, ..
     root = Path(root)
     if not root.is_dir():
         raise DataError(
-            f"data folder {root} does not exist: run `dvc pull` (or `make data`) in the project root"
+            f"data folder {root} does not exist: run `dvc pull` (or `make data`) "
+            "in the project root"
         )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:

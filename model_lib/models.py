@@ -36,10 +36,11 @@ class BaselineCNN(nn.Module):
         layers = [conv_bn_relu(3, widths[0], stride=2), nn.MaxPool2d(2)]  # 224 -> 56
         in_channels = widths[0]
         for index, width in enumerate(widths[1:]):
+            if index > 0:  # ceil_mode: small test images never shrink to 0x0
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
             layers.append(conv_bn_relu(in_channels, width))
             if index >= 2:  # at 14x14 and below
                 layers.append(conv_bn_relu(width, width))
-            layers.append(nn.MaxPool2d(2))
             in_channels = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(

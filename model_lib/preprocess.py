@@ -74,6 +74,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         ) from None
     except Image.DecompressionBombError as exc:
         raise ImageRejected("too_many_pixels", str(exc), 413) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # a header Pillow recognised but cannot read
+        raise ImageRejected("corrupt", f"the image could not be decoded ({exc})", 422) from None
     if image.format not in ALLOWED_FORMATS:
         raise ImageRejected(
             "unsupported_format",

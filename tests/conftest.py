@@ -1,0 +1,131 @@
+"""Session fixtures: real MLflow and Prefect servers plus a worker, in a temp folder.
+
+Each integration session gets its own ports and state, so it never touches the
+user's running platform (.run/).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from tests.servers import BIN, ROOT, Server, free_port, run
+
+DATA = ROOT / "data"
+TEST_IMAGES = ROOT / "test_images"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """The DVC-pulled photos; integration tests need them (`make data`)."""
+    if not (DATA / "cat").is_dir() or not (TEST_IMAGES / "dog").is_dir():
+        pytest.fail("data/ and test_images/ are missing: run `make data` (dvc pull) first")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory, real_data):
+    """MLflow server + Prefect server + process worker, like `make up`, on free ports."""
+    state = tmp_path_factory.mktemp("platform")
+    mlflow_port, prefect_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "CATDOG_ROOT": str(ROOT),
+        "PREFECT_HOME": str(state / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        "BENTOML_HOME": str(state / "bentoml"),
+        "CATDOG_INFERENCE_LOG": str(state / "inference_log.sqlite"),
+    }
+    servers = []
+    try:
+        mlflow = Server(
+            "mlflow",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--backend-store-uri",
+                f"sqlite:///{state}/mlflow.db",
+                "--artifacts-destination",
+                str(state / "artifacts"),
+            ],
+            state / "mlflow.log",
+            env,
+        )
+        servers.append(mlflow)
+        prefect = Server(
+            "prefect-server",
+            [
+                str(BIN / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(prefect_port),
+            ],
+            state / "prefect-server.log",
+            env,
+        )
+        servers.append(prefect)
+        prefect.wait_http(f"http://127.0.0.1:{prefect_port}/api/health")
+        mlflow.wait_http(f"http://127.0.0.1:{mlflow_port}/health")
+        run([str(BIN / "prefect"), "work-pool", "create", "local", "--type", "process"], env)
+        run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
+        worker = Server(
+            "worker",
+            [str(BIN / "prefect"), "worker", "start", "--pool", "local"],
+            state / "worker.log",
+            env,
+        )
+        servers.append(worker)
+        yield {
+            "env": env,
+            "state": state,
+            "mlflow_uri": env["MLFLOW_TRACKING_URI"],
+            "servers": {s.name: s for s in servers},
+        }
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def prefect_cli(platform, *args, timeout: float = 900):
+    return run([str(BIN / "prefect"), *args], platform["env"], timeout=timeout)
+
+
+def python_cli(platform, *args, timeout: float = 600):
+    return run([sys.executable, *args], platform["env"], timeout=timeout)
+
+
+def latest_flow_run(platform, flow_name: str) -> dict:
+    """The newest run of `flow_name`, read from the Prefect REST API."""
+    import httpx
+
+    api = platform["env"]["PREFECT_API_URL"]
+    response = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={
+            "flows": {"name": {"any_": [flow_name]}},
+            "sort": "START_TIME_DESC",
+            "limit": 1,
+        },
+        timeout=10,
+    )
+    response.raise_for_status()
+    (flow_run,) = response.json()
+    return flow_run

@@ -1,0 +1,34 @@
+"""Tiny generated images for unit tests (no data download needed)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def image_bytes(color=(200, 80, 40), size=(32, 32), fmt="JPEG", mode="RGB", **save) -> bytes:
+    image = Image.new(mode, size, color)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def noise_image(seed: int, size=(32, 32), brightness: float = 1.0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(rng.integers(0, 256, (size[1], size[0], 3)) * brightness, 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
+def write_dataset(root, per_class: int = 12, classes=("cat", "dog"), size=(40, 40)):
+    """`root/<class>/<class>.<i>.jpg`, each class a distinct colour with noise."""
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            rng = np.random.default_rng(label * 1000 + index)
+            base = np.array([220, 60, 60]) if label == 0 else np.array([60, 60, 220])
+            pixels = np.clip(base + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{name}.{index}.jpg", "JPEG")
+    return root

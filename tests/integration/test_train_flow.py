@@ -1,0 +1,103 @@
+"""`train/baseline` through a real Prefect worker into a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import latest_flow_run, prefect_cli, python_cli
+from tests.servers import free_port
+
+SMALL = {"architecture": "baseline_cnn", "data_fraction": 0.04, "epochs": 2, "image_size": 64}
+
+
+def run_deployment(platform, config: dict, name: str = "train/baseline"):
+    return prefect_cli(
+        platform, "deployment", "run", name, "--watch", "--params", json.dumps({"config": config})
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(platform):
+    run_deployment(platform, SMALL)
+    client = MlflowClient(platform["mlflow_uri"])
+    experiment = client.get_experiment_by_name("catdog-training")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def test_run_has_params_tags_and_per_epoch_metrics(first_run):
+    client, run = first_run
+    assert run.info.status == "FINISHED"
+    assert run.data.params["architecture"] == "baseline_cnn"
+    assert run.data.params["epochs"] == "2" and run.data.params["data_fraction"] == "0.04"
+    assert run.data.tags["data_version"] == "3a9a37bd483767b91323d5fc9404137c.dir"
+    assert len(run.data.tags["git_commit"]) in (40, len("unknown"))
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
+    assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4
+    for key in ("train_loss", "val_loss", "val_cat_f1", "val_dog_recall"):
+        assert key in run.data.metrics
+
+
+def test_run_has_reports_plots_and_both_models(first_run):
+    client, run = first_run
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {
+        "data_validation.json",
+        "reference_stats.csv",
+        "val_report.json",
+        "promotion_decision.json",
+        "plots",
+    } <= names
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/loss_curve.png", "plots/confusion_matrix.png"}
+    models = {m.name for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])}
+    assert {"pytorch_model", "onnx_model"} <= models
+    validation = json.loads(
+        open(client.download_artifacts(run.info.run_id, "data_validation.json")).read()
+    )
+    assert validation["ok"] and set(validation["class_counts"]) == {"cat", "dog"}
+
+
+def test_first_version_is_champion(first_run):
+    client, run = first_run
+    version = client.get_model_version_by_alias("catdog-classifier", "champion")
+    assert version.run_id == run.info.run_id
+    assert version.tags["promotion"] == "promoted"
+
+
+def test_worse_model_does_not_take_the_champion_alias(first_run, platform):
+    client, first = first_run
+    # One epoch on a quarter of the data at a learning rate of ~0: no better than chance.
+    run_deployment(platform, {**SMALL, "epochs": 1, "learning_rate": 1e-9})
+    champion = client.get_model_version_by_alias("catdog-classifier", "champion")
+    assert champion.run_id == first.info.run_id
+    latest = max(
+        client.search_model_versions("name='catdog-classifier'"), key=lambda v: int(v.version)
+    )
+    assert latest.tags["promotion"] == "rejected"
+    assert "does not beat" in latest.tags["promotion_reason"]
+
+
+def test_missing_data_fails_the_flow_with_a_hint(platform):
+    with pytest.raises(AssertionError):
+        run_deployment(platform, {**SMALL, "data_dir": "no-such-folder"})
+    flow_run = latest_flow_run(platform, "train")
+    assert flow_run["state"]["type"] == "FAILED"
+    assert "no-such-folder does not exist: run `dvc pull`" in flow_run["state"]["message"]
+
+
+def test_mlflow_down_fails_fast_with_a_hint(platform):
+    env = {**platform["env"], "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    with pytest.raises(AssertionError) as failed:
+        python_cli(
+            {**platform, "env": env},
+            "-c",
+            "from flows.train import train; from model_lib.config import TrainConfig; "
+            "train(TrainConfig(data_fraction=0.01, epochs=1, image_size=32))",
+        )
+    assert "MLflow tracking server" in str(failed.value) and "make up" in str(failed.value)

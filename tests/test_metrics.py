@@ -1,0 +1,33 @@
+import numpy as np
+
+from model_lib.metrics import (
+    classification_report,
+    confusion_matrix,
+    flat_metrics,
+    latency_percentiles,
+)
+
+
+def test_confusion_matrix_rows_are_truth():
+    assert confusion_matrix([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], 2).tolist() == [[1, 1], [1, 2]]
+
+
+def test_report_on_known_inputs():
+    report = classification_report([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], ("cat", "dog"))
+    assert report["accuracy"] == 0.6
+    assert report["per_class"]["cat"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    dog = report["per_class"]["dog"]
+    assert np.isclose(dog["precision"], 2 / 3) and np.isclose(dog["recall"], 2 / 3)
+    assert np.isclose(report["macro_f1"], (0.5 + 2 / 3) / 2)
+    flat = flat_metrics(report, "val_")
+    assert flat["val_accuracy"] == 0.6 and np.isclose(flat["val_dog_f1"], 2 / 3)
+
+
+def test_class_never_predicted_has_zero_precision_not_nan():
+    report = classification_report([0, 1], [0, 0], ("cat", "dog"))
+    assert report["per_class"]["dog"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+
+
+def test_latency_percentiles():
+    result = latency_percentiles(range(1, 101))
+    assert np.isclose(result["latency_p50_ms"], 50.5) and result["latency_p99_ms"] > 99
