@@ -1,0 +1,200 @@
+"""Prefect flow `evaluate`: post-deploy accuracy and drift of the running service.
+
+Scheduled by deployment `evaluate/scheduled` (prefect.yaml). Ends Failed, with
+the cause in the state message, when accuracy is below threshold, drift is
+detected, the service is down, or the window holds too few requests to judge.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from model_lib import monitoring
+from model_lib.tracking import ensure_tracking_server
+
+MONITORING_EXPERIMENT = "catdog-monitoring"
+
+
+class EvaluationFailed(RuntimeError):
+    """The deployed model or its inputs need attention; the message lists why."""
+
+
+@task
+def check_service(service_url: str) -> None:
+    monitoring.check_ready(service_url)
+
+
+@task
+def score_test_images(service_url: str, test_images_dir: str, concurrency: int):
+    outcomes, class_names = monitoring.classify_folder(service_url, test_images_dir, concurrency)
+    return monitoring.evaluate_outcomes(outcomes, class_names)
+
+
+@task
+def reference_for(model_versions: list[str], model_name: str) -> pd.DataFrame:
+    """The training-time image statistics of the model version the service runs."""
+    from mlflow import MlflowClient
+
+    if len(model_versions) != 1:
+        raise EvaluationFailed(f"expected one serving model version, saw {model_versions}")
+    version = MlflowClient().get_model_version(model_name, model_versions[0])
+    path = mlflow.artifacts.download_artifacts(
+        run_id=version.run_id, artifact_path="reference_stats.csv"
+    )
+    return pd.read_csv(path)
+
+
+@task
+def recent_inferences(log_path: str, window_minutes: int) -> pd.DataFrame:
+    from model_lib.inference_log import InferenceLog
+
+    since = datetime.now(UTC) - timedelta(minutes=window_minutes)
+    return InferenceLog(log_path).read(since=since, exclude_sources=(monitoring.EVALUATION_SOURCE,))
+
+
+@task
+def compare_with_reference(reference, current, html_path: Path, drift_share: float):
+    return monitoring.drift_report(reference, current, html_path, drift_share=drift_share)
+
+
+@flow(name="evaluate")
+def evaluate(
+    service_url: str = "http://127.0.0.1:3000",
+    test_images_dir: str = "test_images",
+    min_accuracy: float = 0.85,
+    window_minutes: int = 60,
+    min_requests: int = 30,
+    drift_share: float = 0.3,
+    inference_log: str | None = None,
+    model_name: str = "catdog-classifier",
+    concurrency: int = 8,
+) -> dict:
+    """Score `test_images/` through the service; compare recent traffic with the training data."""
+    logger = get_run_logger()
+    ensure_tracking_server()
+    inference_log = inference_log or os.environ.get(
+        "CATDOG_INFERENCE_LOG", ".run/inference_log.sqlite"
+    )
+    check_service(service_url)
+    result = score_test_images(service_url, test_images_dir, concurrency)
+    logger.info(
+        "accuracy %.4f on %d images, %d errors, p50 %.1f ms",
+        result.report["accuracy"],
+        result.requests,
+        result.errors,
+        result.latency["latency_p50_ms"],
+    )
+
+    problems = []
+    if result.report["accuracy"] < min_accuracy:
+        problems.append(f"accuracy {result.report['accuracy']:.3f} is below {min_accuracy}")
+    if result.errors:
+        problems.append(f"{result.errors} of {result.requests} requests failed")
+
+    current = recent_inferences(inference_log, window_minutes)
+    drift, html_path = None, None
+    if len(current) < min_requests:
+        problems.append(
+            f"not enough data to judge drift: {len(current)} requests in the last "
+            f"{window_minutes} min (need {min_requests})"
+        )
+    else:
+        reference = reference_for(result.model_versions, model_name)
+        html_path = Path(tempfile.mkdtemp(prefix="catdog-drift-")) / "drift_report.html"
+        drift = compare_with_reference(reference, current, html_path, drift_share)
+        if drift.detected:
+            problems.append(
+                f"data drift: {len(drift.drifted_columns)} of {len(drift.p_values)} image "
+                f"statistics drifted ({', '.join(drift.drifted_columns)})"
+            )
+
+    run_id = log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems)
+    publish_artifacts(result, drift, run_id, problems)
+    if problems:
+        raise EvaluationFailed("; ".join(problems))
+    return {
+        "accuracy": result.report["accuracy"],
+        "mlflow_run_id": run_id,
+        "drift_detected": bool(drift and drift.detected),
+    }
+
+
+def log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems) -> str:
+    mlflow.set_experiment(MONITORING_EXPERIMENT)
+    with mlflow.start_run(run_name=f"evaluate {datetime.now(UTC):%Y-%m-%d %H:%M}") as run:
+        mlflow.log_params(
+            {
+                "service_url": service_url,
+                "window_minutes": window_minutes,
+                "model_versions": ",".join(result.model_versions),
+            }
+        )
+        mlflow.log_metrics(result.metrics())
+        mlflow.log_dict(result.report, "evaluation_report.json")
+        if drift is not None:
+            mlflow.log_metrics(
+                {
+                    "drift_share": drift.share,
+                    "drift_rows": drift.current_rows,
+                    "drifted_columns": len(drift.drifted_columns),
+                }
+            )
+            mlflow.log_metrics({f"drift_p_{c}": p for c, p in drift.p_values.items()})
+            mlflow.log_artifact(str(html_path))
+        mlflow.set_tag("status", "failed: " + "; ".join(problems) if problems else "ok")
+    return run.info.run_id
+
+
+def publish_artifacts(result, drift, run_id: str, problems: list[str]) -> None:
+    lines = [
+        f"# Post-deploy evaluation: {'FAILED' if problems else 'OK'}",
+        "",
+        *(f"- {p}" for p in problems),
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| accuracy ({result.requests} test images) | {result.report['accuracy']:.4f} |",
+        f"| macro F1 | {result.report['macro_f1']:.4f} |",
+        f"| errors | {result.errors} |",
+        *(f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in result.latency.items()),
+        f"| model versions | {', '.join(result.model_versions)} |",
+        "",
+    ]
+    if drift is not None:
+        lines += [
+            f"## Drift: {'detected' if drift.detected else 'none'} "
+            f"({drift.share:.0%} of columns drifted, threshold {drift.drift_share:.0%}; "
+            f"{drift.current_rows} requests vs {drift.reference_rows} training images)",
+            "",
+            "| statistic | KS p-value | drifted |",
+            "|---|---|---|",
+            *(
+                f"| {c} | {p:.4f} | {'yes' if c in drift.drifted_columns else ''} |"
+                for c, p in sorted(drift.p_values.items(), key=lambda kv: kv[1])
+            ),
+        ]
+    create_markdown_artifact(
+        key="evaluation",
+        markdown="\n".join(lines),
+        description="Post-deploy accuracy, latency and drift",
+    )
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if drift is not None and tracking.startswith("http"):
+        experiment = mlflow.get_experiment_by_name(MONITORING_EXPERIMENT)
+        create_link_artifact(
+            key="drift-report",
+            link=f"{tracking}/#/experiments/{experiment.experiment_id}/runs/{run_id}/artifacts",
+            link_text="Evidently drift report (MLflow run artifacts: drift_report.html)",
+        )
+
+
+if __name__ == "__main__":
+    evaluate()

@@ -1,0 +1,75 @@
+"""Prefect flow `package`: MLflow champion -> BentoML model store -> `bentoml build`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from model_lib import packaging
+from model_lib.tracking import ensure_tracking_server
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@task
+def fetch_champion(model_name: str, version: str | None) -> packaging.Champion:
+    return packaging.resolve_champion(
+        model_name, version, Path(tempfile.mkdtemp(prefix="catdog-package-"))
+    )
+
+
+@task
+def store_model(champion: packaging.Champion) -> str:
+    return packaging.save_to_bento_store(champion)
+
+
+@task
+def build(bentofile: str) -> str:
+    return packaging.build_bento(PROJECT_ROOT, bentofile)
+
+
+@task
+def record(champion: packaging.Champion, model_tag: str, bento_tag: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_model_version_tag(champion.model_name, champion.version, "bento_tag", bento_tag)
+    client.set_model_version_tag(champion.model_name, champion.version, "bentoml_model", model_tag)
+
+
+@flow(name="package")
+def package(
+    model_name: str = "catdog-classifier",
+    version: str | None = None,
+    bentofile: str = "bentofile.yaml",
+) -> str:
+    """Package the champion (a `version` that is not the champion is refused).
+
+    Returns the bento tag."""
+    logger = get_run_logger()
+    ensure_tracking_server()
+    champion = fetch_champion(model_name, version)
+    logger.info("champion: %s v%s (run %s)", champion.model_name, champion.version, champion.run_id)
+    model_tag = store_model(champion)
+    logger.info("saved to the BentoML model store as %s", model_tag)
+    bento_tag = build(bentofile)
+    logger.info("built bento %s", bento_tag)
+    record(champion, model_tag, bento_tag)
+    create_markdown_artifact(
+        key="package-summary",
+        markdown=(
+            f"# Packaged {champion.model_name} v{champion.version}\n\n"
+            f"| | |\n|---|---|\n| bento | `{bento_tag}` |\n| BentoML model | `{model_tag}` |\n"
+            f"| MLflow run | `{champion.run_id}` |\n| val accuracy | {champion.val_accuracy} |\n\n"
+            f"Serve: `bentoml serve {bento_tag}`; image: `bentoml containerize {bento_tag}`"
+        ),
+        description="Bento built from the champion",
+    )
+    return bento_tag
+
+
+if __name__ == "__main__":
+    package()

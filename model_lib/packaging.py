@@ -1,0 +1,116 @@
+"""From the MLflow champion to the BentoML model store and a bento (torch-free).
+
+An adapter module (MLflow client + BentoML store); the flow in
+flows/package.py only sequences these calls.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_lib.onnx_model import OnnxClassifier
+from model_lib.tracking import CHAMPION_ALIAS
+
+BENTO_MODEL_NAME = "catdog-classifier"
+REFERENCE_STATS_FILE = "reference_stats.csv"
+
+
+class NotAChampion(RuntimeError):
+    """Only the champion is shipped."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    model_name: str
+    version: str
+    run_id: str
+    val_accuracy: str
+    folder: Path  # holds model.onnx and reference_stats.csv
+
+
+def resolve_champion(model_name: str, version: str | None, download_to: Path) -> Champion:
+    """The champion version's ONNX file and drift reference, downloaded from MLflow.
+
+    `version`, when given, must be the champion: packaging anything else is refused.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+    except MlflowException:
+        raise NotAChampion(
+            f"registered model {model_name!r} has no '{CHAMPION_ALIAS}' alias: train a model first "
+            "(`prefect deployment run train/baseline --watch`)"
+        ) from None
+    if version is not None and str(version) != str(champion.version):
+        raise NotAChampion(
+            f"{model_name} v{version} is not the champion (v{champion.version} is); only the "
+            "champion is packaged. Leave `version` empty to package the champion."
+        )
+    download_to.mkdir(parents=True, exist_ok=True)
+    mlflow.artifacts.download_artifacts(
+        f"models:/{model_name}/{champion.version}", dst_path=str(download_to / "model")
+    )
+    mlflow.artifacts.download_artifacts(
+        run_id=champion.run_id, artifact_path=REFERENCE_STATS_FILE, dst_path=str(download_to)
+    )
+    shutil.move(download_to / "model" / "model.onnx", download_to / "model.onnx")
+    return Champion(
+        model_name,
+        str(champion.version),
+        champion.run_id,
+        champion.tags.get("val_accuracy", ""),
+        download_to,
+    )
+
+
+def save_to_bento_store(champion: Champion) -> str:
+    """Put the ONNX model, its metadata and the drift reference in the BentoML store."""
+    import bentoml
+
+    onnx_path = champion.folder / "model.onnx"
+    prep = OnnxClassifier(onnx_path).preprocessing  # also proves the file loads
+    with bentoml.models.create(
+        BENTO_MODEL_NAME,
+        labels={"mlflow_model": champion.model_name, "mlflow_version": champion.version},
+        metadata={
+            "mlflow_model_name": champion.model_name,
+            "mlflow_model_version": champion.version,
+            "mlflow_run_id": champion.run_id,
+            "val_accuracy": champion.val_accuracy,
+            "image_size": prep.image_size,
+            "mean": list(prep.mean),
+            "std": list(prep.std),
+            "class_names": list(prep.class_names),
+        },
+    ) as model:
+        shutil.copy(onnx_path, model.path_of("model.onnx"))
+        shutil.copy(champion.folder / REFERENCE_STATS_FILE, model.path_of(REFERENCE_STATS_FILE))
+    return str(model.tag)
+
+
+def build_bento(project_root: Path, bentofile: str = "bentofile.yaml") -> str:
+    """`bentoml build` with the project's bentofile; returns the bento tag."""
+    # The CLI next to this interpreter: the flow's venv, whatever PATH says.
+    bentoml_cli = Path(sys.executable).parent / "bentoml"
+    result = subprocess.run(
+        [str(bentoml_cli), "build", "-f", bentofile, "--output", "tag", str(project_root)],
+        cwd=project_root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"bentoml build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    # `-o tag` prints `__tag__:name:version` as its last line.
+    tag_line = [line for line in result.stdout.splitlines() if line.startswith("__tag__:")][-1]
+    return tag_line.removeprefix("__tag__:")
