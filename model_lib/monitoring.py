@@ -183,3 +183,66 @@ def drift_report(
     return DriftResult(
         drifted, p_values, share, drift_share, share >= drift_share, len(current), len(reference)
     )
+
+
+SHIFTS = ("none", "darker", "blurred", "grayscale", "resized")
+
+
+def apply_shift(payload: bytes, shift: str) -> bytes:
+    """Re-encode a photo with a simulated shift in what users upload (traffic generator)."""
+    import io
+
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    if shift == "none":
+        return payload
+    image = Image.open(io.BytesIO(payload)).convert("RGB")
+    if shift == "darker":
+        image = ImageEnhance.Brightness(image).enhance(0.45)
+    elif shift == "blurred":
+        image = image.filter(ImageFilter.GaussianBlur(3))
+    elif shift == "grayscale":
+        image = image.convert("L").convert("RGB")
+    elif shift == "resized":
+        image = image.resize((image.width * 2, image.height * 2), Image.Resampling.BICUBIC)
+    else:
+        raise ValueError(f"unknown shift {shift!r}; choose one of {SHIFTS}")
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def send_traffic(
+    url: str,
+    folder: str | Path,
+    count: int,
+    shift: str = "none",
+    concurrency: int = 4,
+    source: str = "traffic-generator",
+    timeout: float = 30.0,
+) -> dict[int, int]:
+    """Send `count` images from `folder` (cycling) to /classify; returns status -> count."""
+    paths = sorted(Path(folder).rglob("*.jpg"))
+    if not paths:
+        raise FileNotFoundError(f"no .jpg images under {folder}: run `make data`")
+    payloads = [apply_shift(paths[i % len(paths)].read_bytes(), shift) for i in range(count)]
+
+    async def run():
+        semaphore = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(timeout=timeout) as client:
+
+            async def one(index, payload):
+                async with semaphore:
+                    response = await client.post(
+                        f"{url.rstrip('/')}/classify",
+                        files={"image": (f"traffic-{index}.jpg", payload, "image/jpeg")},
+                        headers={"X-Catdog-Source": source},
+                    )
+                    return response.status_code
+
+            return await asyncio.gather(*(one(i, p) for i, p in enumerate(payloads)))
+
+    statuses: dict[int, int] = {}
+    for status in asyncio.run(run()):
+        statuses[status] = statuses.get(status, 0) + 1
+    return statuses

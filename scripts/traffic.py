@@ -1,0 +1,30 @@
+"""Send a stream of photos to the classifier, optionally shifted, to watch drift being detected.
+
+python scripts/traffic.py --count 200                 # like the training data
+python scripts/traffic.py --count 200 --shift darker  # then run evaluate/scheduled
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from model_lib.monitoring import SHIFTS, send_traffic
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('BENTO_PORT', '3000')}")
+    parser.add_argument("--folder", default="test_images", help="images to send (cycled)")
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--shift", choices=SHIFTS, default="none")
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    statuses = send_traffic(args.url, args.folder, args.count, args.shift, args.concurrency)
+    print(f"sent {args.count} images (shift: {args.shift}) to {args.url}: status counts {statuses}")
+    if set(statuses) != {200}:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
