@@ -6,6 +6,7 @@ ENV := . scripts/env.sh &&
 VENV_STAMP := .venv/.installed
 
 .PHONY: help all setup data up down status deploy train train-transfer train-small \
+        package serve traffic evaluate \
         test test-unit lint format clean
 
 help:  ## list targets
@@ -43,6 +44,18 @@ train: $(VENV_STAMP)  ## run train/baseline through the worker and wait for it
 train-small: $(VENV_STAMP)  ## a quick baseline run (CI): 5% of the data, 2 epochs, 96 px
 	$(ENV) prefect deployment run train/baseline --watch \
 	  --params '{"config": {"architecture": "baseline_cnn", "data_fraction": 0.05, "epochs": 2, "image_size": 96}}'
+
+package: $(VENV_STAMP)  ## champion -> BentoML model store -> bento (Prefect flow `package`)
+	$(ENV) prefect deployment run package/champion --watch
+
+serve: $(VENV_STAMP)  ## `bentoml serve` the packaged model in the background (port 3000)
+	scripts/services.sh serve
+
+traffic: $(VENV_STAMP)  ## send test photos to the service (SHIFT=darker|blurred|grayscale|resized)
+	$(ENV) python scripts/traffic.py --count $${COUNT:-100} --shift $${SHIFT:-none}
+
+evaluate: $(VENV_STAMP)  ## run the evaluation flow now (it also runs every 15 min)
+	$(ENV) prefect deployment run evaluate/scheduled --watch
 
 test: setup  ## all tests (unit + integration; the integration ones start real servers)
 	.venv/bin/pytest -v

@@ -3,7 +3,7 @@
 # with its pid and log under $CATDOG_RUN_DIR (default .run/):
 #   MLflow tracking server (SQLite + local artifacts), Prefect server (SQLite),
 #   a process work pool with one worker.
-# Usage: scripts/services.sh up|down|status
+# Usage: scripts/services.sh up|serve|down|status
 # `up` is idempotent: a service that already answers is left alone.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -67,6 +67,12 @@ up() {
   start worker prefect worker start --pool "$CATDOG_WORK_POOL"
 }
 
+serve() { # bentoml serve the packaged model in the background, wait for /readyz
+  start bento bentoml serve --host 127.0.0.1 --port "$BENTO_PORT"
+  wait_http bento "http://127.0.0.1:$BENTO_PORT/readyz" 180
+  log "service ready at http://127.0.0.1:$BENTO_PORT (POST /classify, docs at /)"
+}
+
 down() {
   stop worker INT  # a worker whose server is gone may ignore SIGTERM; SIGINT stops it
   stop bento
@@ -83,7 +89,8 @@ status() {
 
 case "${1:-}" in
   up) up ;;
+  serve) serve ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|serve|down|status" >&2; exit 2 ;;
 esac

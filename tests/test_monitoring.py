@@ -1,0 +1,59 @@
+import pandas as pd
+import pytest
+
+from model_lib.data import discover_images, split
+from model_lib.image_stats import STAT_COLUMNS, image_statistics
+from model_lib.monitoring import Outcome, apply_shift, drift_report, evaluate_outcomes
+from model_lib.preprocess import decode_image
+from tests.conftest import DATA
+
+
+def stats_frame(paths, shift="none"):
+    rows = []
+    for path in paths:
+        payload = apply_shift(path.read_bytes(), shift)
+        rows.append(image_statistics(decode_image(payload), len(payload)))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def photos(real_data):
+    items, _ = discover_images(DATA)
+    train, val = split(items, 20, 0.1)  # ~1000 photos, both classes
+    return [i.path for i in train][:400], [i.path for i in val][:80]
+
+
+def test_unshifted_photos_show_no_drift(photos, tmp_path):
+    reference, current = stats_frame(photos[0]), stats_frame(photos[1])
+    result = drift_report(reference, current, tmp_path / "report.html")
+    assert not result.detected, result.drifted_columns
+    assert set(result.p_values) == set(STAT_COLUMNS)
+    assert (tmp_path / "report.html").stat().st_size > 100_000
+
+
+@pytest.mark.parametrize("shift, expected", [("darker", "brightness"), ("grayscale", "saturation")])
+def test_shifted_photos_drift(photos, tmp_path, shift, expected):
+    reference, current = stats_frame(photos[0]), stats_frame(photos[1], shift)
+    result = drift_report(reference, current, tmp_path / "report.html")
+    assert result.detected and expected in result.drifted_columns
+
+
+def test_failed_requests_count_as_wrong():
+    outcomes = [
+        Outcome("a.jpg", "cat", 200, "cat", 5.0, "1"),
+        Outcome("b.jpg", "dog", 200, "dog", 7.0, "1"),
+        Outcome("c.jpg", "dog", 200, "cat", 6.0, "1"),
+        Outcome("d.jpg", "cat", 0, error="ConnectError"),
+    ]
+    result = evaluate_outcomes(outcomes, ("cat", "dog"))
+    assert result.report["accuracy"] == 0.5
+    assert result.errors == 1 and result.requests == 4
+    assert result.model_versions == ["1"]
+    assert result.latency["latency_p50_ms"] == 6.0
+
+
+def test_darker_shift_lowers_brightness(photos):
+    path = photos[1][0]
+    normal = stats_frame([path]).iloc[0]
+    darker = stats_frame([path], "darker").iloc[0]
+    assert darker["brightness"] < 0.6 * normal["brightness"]
