@@ -4,9 +4,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 ENV := . scripts/env.sh &&
 VENV_STAMP := .venv/.installed
+IMAGE ?= catdog-classifier:latest
 
 .PHONY: help all setup data up down status deploy train train-transfer train-small \
-        package serve traffic evaluate urls \
+        package serve traffic evaluate urls containerize smoke \
         test test-unit lint format clean
 
 help:  ## list targets
@@ -61,6 +62,12 @@ traffic: $(VENV_STAMP)  ## send test photos to the service (SHIFT=darker|blurred
 
 evaluate: $(VENV_STAMP)  ## run the evaluation flow now (it also runs every 15 min)
 	$(ENV) prefect deployment run evaluate/scheduled --watch
+
+containerize: $(VENV_STAMP)  ## OCI image of the latest bento (buildah + local base image without Docker)
+	scripts/container/containerize.sh catdog-classifier:latest $(IMAGE)
+
+smoke:  ## start the image, classify a cat and a dog, check errors, metrics, non-root, no torch
+	scripts/container/smoke_test.sh $(IMAGE)
 
 urls:  ## where everything is, and how to stop it
 	@. scripts/env.sh; echo; echo "Platform is up:"; \
