@@ -6,6 +6,7 @@ user's running platform (.run/).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -102,6 +103,58 @@ def platform(tmp_path_factory, real_data):
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+SMALL_TRAINING = {
+    "architecture": "baseline_cnn",
+    "data_fraction": 0.04,
+    "epochs": 2,
+    "image_size": 64,
+}
+
+
+def run_deployment(platform, name: str, params: dict, timeout: float = 900):
+    """`prefect deployment run NAME --watch`; raises AssertionError when the run fails."""
+    return prefect_cli(
+        platform,
+        "deployment",
+        "run",
+        name,
+        "--watch",
+        "--params",
+        json.dumps(params),
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(platform):
+    """One real `train/baseline` run on a slice of the photos: (MlflowClient, run)."""
+    from mlflow import MlflowClient
+
+    run_deployment(platform, "train/baseline", {"config": SMALL_TRAINING})
+    client = MlflowClient(platform["mlflow_uri"])
+    experiment = client.get_experiment_by_name("catdog-training")
+    (first,) = client.search_runs([experiment.experiment_id])
+    return client, first
+
+
+@pytest.fixture(scope="session")
+def served_champion(platform, trained):
+    """`package/champion` through the worker, then `bentoml serve` of the packaged model."""
+    run_deployment(platform, "package/champion", {})
+    port = free_port()
+    server = Server(
+        "bentoml",
+        [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        platform["state"] / "bentoml.log",
+        platform["env"],
+    )
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=180)
+        yield {"url": f"http://127.0.0.1:{port}", "server": server}
+    finally:
+        server.stop()
 
 
 def prefect_cli(platform, *args, timeout: float = 900):

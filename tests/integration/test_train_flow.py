@@ -5,27 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from mlflow import MlflowClient
 
-from tests.conftest import latest_flow_run, prefect_cli, python_cli
+from tests.conftest import SMALL_TRAINING, latest_flow_run, python_cli, run_deployment
 from tests.servers import free_port
-
-SMALL = {"architecture": "baseline_cnn", "data_fraction": 0.04, "epochs": 2, "image_size": 64}
-
-
-def run_deployment(platform, config: dict, name: str = "train/baseline"):
-    return prefect_cli(
-        platform, "deployment", "run", name, "--watch", "--params", json.dumps({"config": config})
-    )
 
 
 @pytest.fixture(scope="module")
-def first_run(platform):
-    run_deployment(platform, SMALL)
-    client = MlflowClient(platform["mlflow_uri"])
-    experiment = client.get_experiment_by_name("catdog-training")
-    (run,) = client.search_runs([experiment.experiment_id])
-    return client, run
+def first_run(trained):
+    return trained
 
 
 def test_run_has_params_tags_and_per_epoch_metrics(first_run):
@@ -73,7 +60,11 @@ def test_first_version_is_champion(first_run):
 def test_worse_model_does_not_take_the_champion_alias(first_run, platform):
     client, first = first_run
     # One epoch on a quarter of the data at a learning rate of ~0: no better than chance.
-    run_deployment(platform, {**SMALL, "epochs": 1, "learning_rate": 1e-9})
+    run_deployment(
+        platform,
+        "train/baseline",
+        {"config": {**SMALL_TRAINING, "epochs": 1, "learning_rate": 1e-9}},
+    )
     champion = client.get_model_version_by_alias("catdog-classifier", "champion")
     assert champion.run_id == first.info.run_id
     latest = max(
@@ -85,7 +76,9 @@ def test_worse_model_does_not_take_the_champion_alias(first_run, platform):
 
 def test_missing_data_fails_the_flow_with_a_hint(platform):
     with pytest.raises(AssertionError):
-        run_deployment(platform, {**SMALL, "data_dir": "no-such-folder"})
+        run_deployment(
+            platform, "train/baseline", {"config": {**SMALL_TRAINING, "data_dir": "no-such-folder"}}
+        )
     flow_run = latest_flow_run(platform, "train")
     assert flow_run["state"]["type"] == "FAILED"
     assert "no-such-folder does not exist: run `dvc pull`" in flow_run["state"]["message"]

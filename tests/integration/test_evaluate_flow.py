@@ -1,0 +1,110 @@
+"""train -> package -> `bentoml serve` -> `evaluate`, all real, through the Prefect worker.
+
+Order matters and is the order below: the inference log starts empty (not
+enough data), then gets unshifted traffic (no drift), then darkened traffic
+(drift). Evaluation requests are marked and never count as traffic.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from model_lib.monitoring import send_traffic
+from tests.conftest import TEST_IMAGES, latest_flow_run, run_deployment
+from tests.servers import free_port
+
+# The test model is small (a slice of the data, 2 epochs): accuracy is not
+# what these tests judge, except in the one that sets a threshold on purpose.
+LENIENT = {"min_accuracy": 0.0, "min_requests": 40, "window_minutes": 60}
+
+
+def evaluate(platform, url: str, **params) -> dict:
+    """Run evaluate/scheduled; return the flow run (state type and message)."""
+    # Failed runs are outcomes these tests check: the state, not the exit code, says which.
+    run_deployment(platform, "evaluate/scheduled", {"service_url": url, **params}, check=False)
+    return latest_flow_run(platform, "evaluate")
+
+
+def monitoring_runs(platform):
+    client = MlflowClient(platform["mlflow_uri"])
+    experiment = client.get_experiment_by_name("catdog-monitoring")
+    return client, client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"]
+    )
+
+
+def test_package_recorded_the_bento_on_the_model_version(served_champion, trained):
+    client, run = trained
+    champion = client.get_model_version_by_alias("catdog-classifier", "champion")
+    assert champion.tags["bento_tag"].startswith("catdog-classifier:")
+
+
+def test_packaging_a_non_champion_is_refused(platform, trained):
+    with pytest.raises(AssertionError):
+        run_deployment(platform, "package/champion", {"version": "999"})
+    flow_run = latest_flow_run(platform, "package")
+    assert flow_run["state"]["type"] == "FAILED"
+    assert "v999 is not the champion" in flow_run["state"]["message"]
+
+
+def test_service_down_fails_with_a_clear_message(platform, trained):
+    flow_run = evaluate(platform, f"http://127.0.0.1:{free_port()}", **LENIENT)
+    assert flow_run["state"]["type"] == "FAILED"
+    assert "is unreachable" in flow_run["state"]["message"]
+    assert "make serve" in flow_run["state"]["message"]
+
+
+def test_too_few_requests_is_not_enough_data(platform, served_champion):
+    flow_run = evaluate(platform, served_champion["url"], **LENIENT)
+    assert flow_run["state"]["type"] == "FAILED"
+    assert "not enough data to judge drift: 0 requests" in flow_run["state"]["message"]
+    # Accuracy was still measured and logged: 100 test images through the service.
+    _, runs = monitoring_runs(platform)
+    assert runs[0].data.metrics["requests"] == 100
+    assert runs[0].data.metrics["errors"] == 0
+
+
+def test_unshifted_traffic_shows_no_drift(platform, served_champion):
+    assert send_traffic(served_champion["url"], TEST_IMAGES, 60) == {200: 60}
+    flow_run = evaluate(platform, served_champion["url"], **LENIENT)
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
+    client, runs = monitoring_runs(platform)
+    latest = runs[0]
+    assert 0.0 <= latest.data.metrics["accuracy"] <= 1.0
+    for key in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "drift_share"):
+        assert key in latest.data.metrics
+    # 60 traffic rows; the flow's own 2 x 100 evaluation requests are left out.
+    assert latest.data.metrics["drift_rows"] == 60
+    artifacts = {a.path for a in client.list_artifacts(latest.info.run_id)}
+    assert {"drift_report.html", "evaluation_report.json"} <= artifacts
+
+
+def test_darkened_traffic_is_detected_and_fails_the_flow(platform, served_champion):
+    assert send_traffic(served_champion["url"], TEST_IMAGES, 150, shift="darker") == {200: 150}
+    flow_run = evaluate(platform, served_champion["url"], **LENIENT)
+    assert flow_run["state"]["type"] == "FAILED"
+    message = flow_run["state"]["message"]
+    assert "data drift" in message and "brightness" in message
+
+
+def test_accuracy_below_threshold_fails_the_flow(platform, served_champion):
+    flow_run = evaluate(platform, served_champion["url"], **{**LENIENT, "min_accuracy": 0.999})
+    assert flow_run["state"]["type"] == "FAILED"
+    assert "is below 0.999" in flow_run["state"]["message"]
+
+
+def test_evaluation_publishes_prefect_artifacts(platform, served_champion):
+    import httpx
+
+    api = platform["env"]["PREFECT_API_URL"]
+    response = httpx.post(
+        f"{api}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": ["evaluation", "drift-report"]}}},
+        timeout=10,
+    )
+    response.raise_for_status()
+    keys = {a["key"] for a in response.json()}
+    assert keys == {"evaluation", "drift-report"}
+    summary = next(a for a in response.json() if a["key"] == "evaluation")
+    assert "accuracy (100 test images)" in summary["data"]
