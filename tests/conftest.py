@@ -113,18 +113,11 @@ SMALL_TRAINING = {
 }
 
 
-def run_deployment(platform, name: str, params: dict, timeout: float = 900):
-    """`prefect deployment run NAME --watch`; raises AssertionError when the run fails."""
-    return prefect_cli(
-        platform,
-        "deployment",
-        "run",
-        name,
-        "--watch",
-        "--params",
-        json.dumps(params),
-        timeout=timeout,
-    )
+def run_deployment(platform, name: str, params: dict, timeout: float = 900, check: bool = True):
+    """`prefect deployment run NAME --watch`; with `check`, AssertionError when the run fails."""
+    args = [str(BIN / "prefect"), "deployment", "run", name, "--watch"]
+    args += ["--params", json.dumps(params)]
+    return run(args, platform["env"], timeout=timeout, check=check)
 
 
 @pytest.fixture(scope="session")
