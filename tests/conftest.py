@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
+import httpx
 import pytest
 
 from tests.servers import BIN, ROOT, Server, free_port, run
@@ -87,6 +89,7 @@ def platform(tmp_path_factory, real_data):
         mlflow.wait_http(f"http://127.0.0.1:{mlflow_port}/health")
         run([str(BIN / "prefect"), "work-pool", "create", "local", "--type", "process"], env)
         run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
+        pause_schedules({"env": env}, "evaluate/scheduled")
         worker = Server(
             "worker",
             [str(BIN / "prefect"), "worker", "start", "--pool", "local"],
@@ -114,10 +117,36 @@ SMALL_TRAINING = {
 
 
 def run_deployment(platform, name: str, params: dict, timeout: float = 900, check: bool = True):
-    """`prefect deployment run NAME --watch`; with `check`, AssertionError when the run fails."""
+    """`prefect deployment run NAME --watch`; returns the flow run as the REST API shows it.
+
+    With `check`, AssertionError when the run fails.
+    """
     args = [str(BIN / "prefect"), "deployment", "run", name, "--watch"]
     args += ["--params", json.dumps(params)]
-    return run(args, platform["env"], timeout=timeout, check=check)
+    result = run(args, platform["env"], timeout=timeout, check=check)
+    match = re.search(r"UUID: ([0-9a-f-]{36})", result.stdout)
+    assert match, f"no flow run id in the output of {' '.join(args)}:\n{result.stdout[-2000:]}"
+    return prefect_api(platform, "GET", f"/flow_runs/{match.group(1)}")
+
+
+def prefect_api(platform, method: str, path: str, **kwargs):
+    response = httpx.request(
+        method, platform["env"]["PREFECT_API_URL"] + path, timeout=10, **kwargs
+    )
+    response.raise_for_status()
+    return response.json() if response.content else None
+
+
+def pause_schedules(platform, deployment: str) -> None:
+    """Tests trigger runs themselves; a cron run firing mid-session would add noise."""
+    found = prefect_api(platform, "GET", f"/deployments/name/{deployment}")
+    for schedule in found["schedules"]:
+        prefect_api(
+            platform,
+            "PATCH",
+            f"/deployments/{found['id']}/schedules/{schedule['id']}",
+            json={"active": False},
+        )
 
 
 @pytest.fixture(scope="session")
@@ -159,19 +188,16 @@ def python_cli(platform, *args, timeout: float = 600):
 
 
 def latest_flow_run(platform, flow_name: str) -> dict:
-    """The newest run of `flow_name`, read from the Prefect REST API."""
-    import httpx
-
-    api = platform["env"]["PREFECT_API_URL"]
-    response = httpx.post(
-        f"{api}/flow_runs/filter",
+    """The most recently started run of `flow_name`."""
+    (flow_run,) = prefect_api(
+        platform,
+        "POST",
+        "/flow_runs/filter",
         json={
             "flows": {"name": {"any_": [flow_name]}},
+            "flow_runs": {"start_time": {"is_null_": False}},
             "sort": "START_TIME_DESC",
             "limit": 1,
         },
-        timeout=10,
     )
-    response.raise_for_status()
-    (flow_run,) = response.json()
     return flow_run
