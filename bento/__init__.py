@@ -1,0 +1,1 @@
+"""The BentoML service (`bento.service:CatDogClassifier`), torch-free."""

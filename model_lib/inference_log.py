@@ -1,0 +1,328 @@
+"""The inference log: one row per classified request, never the image itself (torch-free).
+
+An append-only SQLite file in WAL mode: several service worker processes can
+append at once while the monitoring flow reads, and rows survive restarts.
+Each row holds the request's image statistics (`image_stats.STAT_COLUMNS`),
+the prediction, the model version, a UTC timestamp, the request id and the
+`source` ("user", or "evaluation" for the evaluation flow's own traffic).
+
+`InferenceRecorder` keeps the statistics off a request's latency path: the
+service hands it the decoded image, a background thread computes the
+statistics and writes rows in batches. Its queue is bounded (by count and by
+pixels); when full, records are dropped and counted instead of slowing
+requests down.
+
+Serving needs no pandas: it is imported inside `InferenceLog.read` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+
+from model_lib.image_stats import STAT_COLUMNS, image_statistics
+
+ENV_PATH = "CATDOG_INFERENCE_LOG"
+DEFAULT_PATH = Path(".run") / "inference_log.sqlite"
+TABLE = "inferences"
+# Columns every record carries besides the image statistics.
+RECORD_COLUMNS = (
+    "timestamp",  # unix seconds, UTC
+    "request_id",
+    "source",
+    "label",
+    "confidence",
+    "model_name",
+    "model_version",
+)
+_SQL_TYPES = {
+    "timestamp": "REAL NOT NULL",
+    "request_id": "TEXT NOT NULL",
+    "source": "TEXT NOT NULL",
+    "label": "TEXT NOT NULL",
+    "confidence": "REAL NOT NULL",
+    "model_name": "TEXT NOT NULL",
+    "model_version": "TEXT NOT NULL",
+}
+COLUMNS = RECORD_COLUMNS + STAT_COLUMNS
+BUSY_TIMEOUT_MS = 10_000
+
+logger = logging.getLogger("catdog.inference_log")
+
+
+def default_path() -> Path:
+    """$CATDOG_INFERENCE_LOG, else .run/inference_log.sqlite under the working directory."""
+    return Path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def _timestamp(value) -> float:
+    if value is None:
+        return time.time()
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("timestamp must be timezone-aware (e.g. datetime.now(UTC))")
+        return value.timestamp()
+    return float(value)
+
+
+class InferenceLog:
+    """Append-only SQLite store of per-request records.
+
+    Nothing touches the disk until the first `append`, which creates the
+    parent folders and the table; reading a log that does not exist yet
+    creates nothing.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else default_path()
+        self._schema_ready = False
+        self._lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # With WAL, NORMAL never corrupts the file and survives a crash of the
+        # process; only a power cut can lose the last commits. It saves an fsync
+        # per commit (2.5 ms -> 0.1 ms per commit measured here).
+        connection.execute("PRAGMA synchronous = NORMAL")
+        return connection
+
+    def _ensure_schema(self, connection: sqlite3.Connection) -> None:
+        if self._schema_ready:
+            return
+        # WAL: readers never block the writers, and writers from several
+        # processes queue on the lock instead of failing. The mode is stored
+        # in the file, so this runs once per file in practice.
+        connection.execute("PRAGMA journal_mode = WAL")
+        columns = ", ".join(
+            [f"{name} {_SQL_TYPES[name]}" for name in RECORD_COLUMNS]
+            + [f"{name} REAL" for name in STAT_COLUMNS]
+        )
+        with connection:
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} "
+                f"(id INTEGER PRIMARY KEY AUTOINCREMENT, {columns})"
+            )
+            connection.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (timestamp)")
+            # A file written before a statistic was added gets the new column (NULL in old rows).
+            existing = {row[1] for row in connection.execute(f"PRAGMA table_info({TABLE})")}
+            for name in STAT_COLUMNS:
+                if name not in existing:
+                    connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} REAL")
+        self._schema_ready = True
+
+    @staticmethod
+    def _row(record: dict) -> tuple:
+        unknown = set(record) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown inference-log fields {sorted(unknown)}; known: {COLUMNS}")
+        missing = [c for c in COLUMNS if c != "timestamp" and c not in record]
+        if missing:
+            raise ValueError(f"inference-log record is missing {missing}")
+        values = {**record, "timestamp": _timestamp(record.get("timestamp"))}
+        return tuple(values[c] for c in COLUMNS)
+
+    def append(self, record: dict) -> None:
+        """Append one record: the fields of `COLUMNS` (timestamp defaults to now)."""
+        self.append_many([record])
+
+    def append_many(self, records: Iterable[dict]) -> int:
+        """Append records in one transaction; returns how many."""
+        rows = [self._row(r) for r in records]
+        if not rows:
+            return 0
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        with self._lock:
+            # One connection kept open for writing: closing the last connection
+            # to a WAL file checkpoints it with an fsync, which would cost
+            # milliseconds per append.
+            if self._writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                connection = self._connect()
+                self._ensure_schema(connection)
+                self._writer = connection
+            with self._writer:
+                self._writer.executemany(
+                    f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({placeholders})", rows
+                )
+        return len(rows)
+
+    def close(self) -> None:
+        """Close the writing connection (appending again reopens it)."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def read(self, since: datetime | None = None, exclude_sources=("evaluation",)):
+        """Records (oldest first) as a pandas DataFrame with a UTC `timestamp` column.
+
+        `since` (timezone-aware) keeps records at or after it; sources in
+        `exclude_sources` are left out (the evaluation flow's own traffic by
+        default; pass () for everything). A log that does not exist yet reads
+        as an empty frame with the same columns.
+        """
+        import pandas as pd
+
+        if since is not None and since.tzinfo is None:
+            raise ValueError(
+                "since must be timezone-aware (e.g. datetime.now(UTC) - timedelta(hours=1))"
+            )
+        if not self.path.exists():
+            frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in COLUMNS})
+            frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+            return frame
+        clauses, params = [], []
+        if since is not None:
+            clauses.append("timestamp >= ?")
+            params.append(since.timestamp())
+        excluded = tuple(exclude_sources or ())
+        if excluded:
+            clauses.append(f"source NOT IN ({', '.join('?' for _ in excluded)})")
+            params.extend(excluded)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        connection = self._connect()
+        try:
+            self._ensure_schema(connection)
+            frame = pd.read_sql_query(
+                f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY id",
+                connection,
+                params=params,
+            )
+        finally:
+            connection.close()
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+        return frame
+
+
+class InferenceRecorder:
+    """Computes image statistics and appends records on a background thread.
+
+    `submit` never blocks: when `max_pending` records or `max_pending_pixels`
+    pixels are already waiting, the record is dropped and `on_drop` called
+    (the service counts it in a metric). A single image bigger than the pixel
+    budget is still accepted when nothing else is waiting.
+    """
+
+    def __init__(
+        self,
+        log: InferenceLog,
+        max_pending: int = 1024,
+        max_pending_pixels: int = 32_000_000,
+        batch_size: int = 64,
+        on_drop: Callable[[], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        nice: int = 10,
+    ):
+        self.log = log
+        self.max_pending = max_pending
+        self.max_pending_pixels = max_pending_pixels
+        self.batch_size = batch_size
+        self.on_drop = on_drop
+        self.on_error = on_error
+        self.nice = nice
+        self.dropped = 0
+        self.written = 0
+        self.failed = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._pending_pixels = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
+        self._thread.start()
+
+    def submit(self, image, file_size: int, record: dict) -> bool:
+        """Queue (decoded RGB image, upload byte count, record without statistics)."""
+        pixels = image.width * image.height
+        with self._lock:
+            full = self._pending >= self.max_pending or (
+                self._pending > 0 and self._pending_pixels + pixels > self.max_pending_pixels
+            )
+            if not full and not self._stopping.is_set():
+                self._pending += 1
+                self._pending_pixels += pixels
+                self._queue.put((image, file_size, record, pixels))
+                return True
+            self.dropped += 1
+        if self.on_drop:
+            self.on_drop()
+        return False
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return self._pending
+
+    def _run(self) -> None:
+        if self.nice:
+            # Linux applies niceness per thread: statistics yield the CPU to
+            # requests under load (raising niceness needs no privilege).
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except OSError as exc:  # e.g. a platform without per-thread priorities
+                logger.warning("could not lower the inference-log thread's priority: %s", exc)
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            items = [item]
+            while len(items) < self.batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # stop after writing this batch
+                    break
+                items.append(nxt)
+            self._write(items)
+
+    def _write(self, items) -> None:
+        try:
+            records = [
+                {**record, **image_statistics(image, file_size)}
+                for image, file_size, record, _ in items
+            ]
+            self.log.append_many(records)
+            self.written += len(records)
+        except Exception as exc:  # noqa: BLE001 - reported through on_error, the thread must live on
+            self.failed += len(items)
+            logger.exception(
+                "writing %d inference-log records to %s failed", len(items), self.log.path
+            )
+            if self.on_error:
+                self.on_error(exc)
+        finally:
+            with self._lock:
+                self._pending -= len(items)
+                self._pending_pixels -= sum(p for *_, p in items)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is written (True) or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pending == 0:
+                return True
+            time.sleep(0.01)
+        return self.pending == 0
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop accepting records, write the queued ones, stop the thread."""
+        self._stopping.set()
+        self._queue.put(None)
+        self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
+        if stopped:
+            self.log.close()
+        return stopped

@@ -1,0 +1,726 @@
+"""The BentoML service through a real `bentoml serve`, with a trained model in a temp store.
+
+Every answer is checked against model_lib run directly on the same bytes
+(decode_image -> to_model_input -> OnnxClassifier): the service restates no
+preprocessing, so the probabilities must agree to 1e-5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from model_lib.image_stats import STAT_COLUMNS
+from model_lib.inference_log import InferenceLog
+from model_lib.onnx_model import OnnxClassifier
+from model_lib.preprocess import decode_image, to_model_input
+from tests.conftest import TEST_IMAGES
+from tests.servers import BIN, ROOT, Server, free_port, run
+
+MLFLOW_VERSION = "42"  # the version the test store's metadata claims
+TEN_MB = 10 * 1024 * 1024
+TEMPORARY_CONFIG = {"data_fraction": 0.3, "epochs": 3, "image_size": 64}
+
+
+# ---------------------------------------------------------------- fixtures
+def _train_temporary_model(out: Path) -> Path:
+    """A small baseline trained for real (about 2-3 minutes on 2 cores), cached by data version.
+
+    Stand-in until tests/conftest.py provides the session fixture `champion_onnx`.
+    """
+    key = hashlib.sha256(
+        ((ROOT / "data.dvc").read_text() + json.dumps(TEMPORARY_CONFIG)).encode()
+    ).hexdigest()[:16]
+    cached = ROOT / ".run" / "test-cache" / f"service-baseline-{key}.onnx"
+    if cached.is_file():
+        return cached
+    code = f"""
+import sys
+from pathlib import Path
+from model_lib import data as data_lib
+from model_lib.config import TrainConfig
+from model_lib.export import export_onnx
+from model_lib.models import preprocessing_for
+from model_lib.training import prepare_data, train
+
+config = TrainConfig(**{TEMPORARY_CONFIG!r}, data_dir=sys.argv[1])
+items, classes = data_lib.discover_images(config.data_dir)
+train_items, val_items = data_lib.split(items, config.val_percent, config.data_fraction)
+prep = preprocessing_for(config.architecture, config.image_size, classes)
+result = train(config, prepare_data(config, train_items, val_items, prep), classes)
+export_onnx(result.model, sys.argv[2], result.preprocessing)
+"""
+    partial = out / "model.onnx"
+    run([sys.executable, "-c", code, str(ROOT / "data"), str(partial)], _env(), timeout=1200)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial.replace(cached)
+    return cached
+
+
+@pytest.fixture(scope="session")
+def model_onnx(request, tmp_path_factory, real_data) -> Path:
+    """The lead's trained `champion_onnx` when conftest provides it, else a temporary one."""
+    try:
+        return Path(request.getfixturevalue("champion_onnx"))
+    except pytest.FixtureLookupError:
+        return _train_temporary_model(tmp_path_factory.mktemp("onnx"))
+
+
+def _env(**extra) -> dict:
+    """The environment of the processes started here: no CATDOG_* setting leaks in."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CATDOG_")}
+    return {**inherited, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **extra}
+
+
+SAVE_TO_STORE = """
+import shutil, sys
+from pathlib import Path
+import pandas as pd
+from model_lib.image_stats import image_statistics
+from model_lib.packaging import Champion, save_to_bento_store
+from model_lib.preprocess import decode_image
+
+onnx, folder, version = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+shutil.copy(onnx, folder / "model.onnx")
+photos = sorted(Path(sys.argv[4]).glob("*/*.jpg"))[:10]
+rows = [image_statistics(decode_image(p.read_bytes()), p.stat().st_size) for p in photos]
+pd.DataFrame(rows).to_csv(folder / "reference_stats.csv", index=False)
+print(save_to_bento_store(Champion("catdog-classifier", version, "test-run", "0.9", folder)))
+"""
+
+
+@pytest.fixture(scope="module")
+def served(model_onnx, tmp_path_factory):
+    """`bentoml serve` from the project root, the model saved into a temp store by packaging."""
+    state = tmp_path_factory.mktemp("service")
+    folder = state / "champion"
+    folder.mkdir()
+    env = _env(
+        BENTOML_HOME=str(state / "bentoml"),
+        CATDOG_INFERENCE_LOG=str(state / "inference_log.sqlite"),
+    )
+    saved = run(
+        [
+            sys.executable,
+            "-c",
+            SAVE_TO_STORE,
+            str(model_onnx),
+            str(folder),
+            MLFLOW_VERSION,
+            str(ROOT / "data"),
+        ],
+        env,
+    )
+    port = free_port()
+    server = Server(
+        "bentoml",
+        [str(BIN / "bentoml"), "serve", "bento.service:CatDogClassifier", "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        state / "bentoml.log",
+        env,
+    )
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=180)
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "server": server,
+            "log": Path(env["CATDOG_INFERENCE_LOG"]),
+            "env": env,
+            "model_tag": saved.stdout.split()[-1],
+        }
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def url(served) -> str:
+    return served["url"]
+
+
+@pytest.fixture(scope="module")
+def reference(model_onnx):
+    return OnnxClassifier(model_onnx)
+
+
+def expected_probs(reference: OnnxClassifier, payload: bytes) -> np.ndarray:
+    image = decode_image(payload)
+    return reference.predict_proba(to_model_input(image, reference.preprocessing)[None])[0]
+
+
+def photos(label: str) -> list[Path]:
+    return sorted((TEST_IMAGES / label).glob("*.jpg"))
+
+
+def post_image(url: str, payload: bytes, name="photo.jpg", mime="image/jpeg", headers=None):
+    return httpx.post(
+        f"{url}/classify",
+        files={"image": (name, payload, mime)},
+        headers=headers or {},
+        timeout=30,
+    )
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def metric_samples(url: str) -> dict[tuple, float]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric_total(samples: dict, name: str, **labels) -> float:
+    """Sum of `name` over label sets that include `labels` (several workers, versions...)."""
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+# ---------------------------------------------------------------- good requests
+def test_clear_photos_get_the_right_label(url, reference):
+    """Cats and dogs the model under test gets right through model_lib, through the service."""
+    checked = {}
+    for label in ("cat", "dog"):
+        right = []
+        for path in photos(label):
+            probs = expected_probs(reference, path.read_bytes())
+            best = reference.class_names[int(probs.argmax())]
+            if best == label and probs.max() >= 0.55:
+                right.append(path)
+        assert len(right) >= 3, f"the model under test gets only {len(right)} clear {label}s right"
+        checked[label] = right[:4]
+    for label, paths in checked.items():
+        for path in paths:
+            response = post_image(url, path.read_bytes(), path.name)
+            assert response.status_code == 200, response.text
+            assert response.json()["label"] == label, (path.name, response.json())
+
+
+def test_response_body_and_request_id(url, reference):
+    payload = photos("dog")[0].read_bytes()
+    response = post_image(url, payload)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"label", "confidence", "probabilities", "model", "latency_ms"}
+    assert set(body["probabilities"]) == set(reference.class_names)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["confidence"] == max(body["probabilities"].values())
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["model"] == {"name": "catdog-classifier", "version": MLFLOW_VERSION}
+    assert 0 < body["latency_ms"] < 30_000
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    echoed = post_image(url, payload, headers={"X-Request-ID": "client-id-123"})
+    assert echoed.headers["x-request-id"] == "client-id-123"
+
+
+def test_service_probabilities_equal_model_lib_on_the_same_bytes(url, reference):
+    """Preprocessing parity: the service restates nothing."""
+    for path in photos("cat")[:6] + photos("dog")[:6]:
+        payload = path.read_bytes()
+        body = post_image(url, payload, path.name).json()
+        served = np.array([body["probabilities"][n] for n in reference.class_names])
+        np.testing.assert_allclose(served, expected_probs(reference, payload), atol=1e-5)
+
+
+def _odd_uploads() -> dict[str, tuple[bytes, str]]:
+    photo = Image.open(photos("cat")[1]).convert("RGB")
+    gray16 = np.asarray(photo.convert("L"), dtype=np.uint16) * 257
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
+    frames = [photo, photo.transpose(Image.Transpose.ROTATE_90)]
+    return {
+        "cmyk.jpg": (encode(photo.convert("CMYK"), "JPEG"), "image/jpeg"),
+        "gray.jpg": (encode(photo.convert("L"), "JPEG"), "image/jpeg"),
+        "gray16.png": (encode(Image.fromarray(gray16), "PNG"), "image/png"),
+        "palette.png": (encode(photo.convert("P"), "PNG"), "image/png"),
+        "rgba.png": (encode(rgba, "PNG"), "image/png"),
+        "animated.gif": (
+            encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100),
+            "image/gif",
+        ),
+        "photo.webp": (encode(photo, "WEBP"), "image/webp"),
+        "photo.bmp": (encode(photo, "BMP"), "image/bmp"),
+    }
+
+
+ODD_UPLOADS = (
+    "animated.gif",
+    "cmyk.jpg",
+    "gray.jpg",
+    "gray16.png",
+    "palette.png",
+    "photo.bmp",
+    "photo.webp",
+    "rgba.png",
+)
+
+
+def test_odd_upload_cases_are_all_listed():
+    assert sorted(_odd_uploads()) == sorted(ODD_UPLOADS)
+
+
+@pytest.mark.parametrize("name", ODD_UPLOADS)
+def test_odd_modes_and_formats_are_classified(url, reference, name):
+    payload, mime = _odd_uploads()[name]
+    response = post_image(url, payload, name, mime)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    served = np.array([body["probabilities"][n] for n in reference.class_names])
+    np.testing.assert_allclose(served, expected_probs(reference, payload), atol=1e-5)
+
+
+def test_exif_rotated_photo_is_classified_upright(url):
+    """A phone photo stored sideways with an EXIF orientation: same answer as upright."""
+    upright = Image.open(photos("dog")[2]).convert("RGB").crop((0, 20, 200, 170))  # not square
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: display after rotating 90 degrees clockwise
+    rotated_png = encode(sideways, "PNG", exif=exif)  # lossless, so the pixels compare exactly
+    assert np.array_equal(np.asarray(decode_image(rotated_png)), np.asarray(upright))
+    straight = post_image(url, encode(upright, "PNG"), "up.png", "image/png").json()
+    turned = post_image(url, rotated_png, "side.png", "image/png").json()
+    for label, p in straight["probabilities"].items():
+        assert turned["probabilities"][label] == pytest.approx(p, abs=1e-5)
+    rotated_jpeg = encode(sideways, "JPEG", exif=exif, quality=95)
+    assert post_image(url, rotated_jpeg, "side.jpg").status_code == 200
+
+
+# ---------------------------------------------------------------- bad requests
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary="testboundary42") -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+@functools.cache
+def _bomb_png() -> bytes:
+    return encode(Image.new("L", (8000, 6000)), "PNG")  # 48 MP in ~50 kB
+
+
+def _chunked_oversize():
+    boundary = "chunkedboundary"
+    disposition = 'Content-Disposition: form-data; name="image"; filename="x.jpg"'
+    yield f"--{boundary}\r\n{disposition}\r\n\r\n".encode()
+    block = b"\xff" * (1024 * 1024)
+    for _ in range(11):
+        yield block
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def bad_requests() -> dict[str, tuple[dict, int, str]]:
+    """name -> (httpx.post kwargs, expected status, expected error reason)."""
+    jpeg = photos("cat")[0].read_bytes()
+    mp = "multipart/form-data; boundary=testboundary42"
+    return {
+        "not_an_image": (
+            {"files": {"image": ("notes.jpg", b"just some text, not a photo", "image/jpeg")}},
+            415,
+            "not_an_image",
+        ),
+        "truncated_jpeg": (
+            {"files": {"image": ("cut.jpg", jpeg[: len(jpeg) // 2], "image/jpeg")}},
+            422,
+            "corrupt",
+        ),
+        "empty_file": ({"files": {"image": ("empty.jpg", b"", "image/jpeg")}}, 400, "empty"),
+        "empty_body": ({}, 400, "empty_body"),
+        "missing_image_field": (
+            {"files": {"photo": ("cat.jpg", jpeg, "image/jpeg")}},
+            400,
+            "missing_field",
+        ),
+        "json_body": ({"json": {"image": "cat.jpg"}}, 415, "unsupported_media_type"),
+        "text_body": (
+            {"content": b"cat.jpg", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        "two_files": (
+            {
+                "files": [
+                    ("image", ("a.jpg", jpeg, "image/jpeg")),
+                    ("image2", ("b.jpg", jpeg, "image/jpeg")),
+                ]
+            },
+            400,
+            "too_many_files",
+        ),
+        "two_image_fields": (
+            {
+                "content": _multipart([("image", None, jpeg), ("image", None, jpeg)]),
+                "headers": {"Content-Type": mp},
+            },
+            400,
+            "too_many_files",
+        ),
+        "over_10_mb": (
+            {"files": {"image": ("big.jpg", b"\xff" * (TEN_MB + 1), "image/jpeg")}},
+            413,
+            "too_large",
+        ),
+        "over_10_mb_chunked": (
+            {
+                "content": _chunked_oversize(),
+                "headers": {"Content-Type": "multipart/form-data; boundary=chunkedboundary"},
+            },
+            413,
+            "too_large",
+        ),
+        "decompression_bomb": (
+            {"files": {"image": ("bomb.png", _bomb_png(), "image/png")}},
+            413,
+            "too_many_pixels",
+        ),
+        "tiff": (
+            {
+                "files": {
+                    "image": ("x.tif", encode(Image.new("RGB", (20, 20)), "TIFF"), "image/tiff")
+                }
+            },
+            415,
+            "unsupported_format",
+        ),
+        "no_boundary": (
+            {"content": b"abc", "headers": {"Content-Type": "multipart/form-data"}},
+            400,
+            "malformed_multipart",
+        ),
+        "unterminated_multipart": (
+            {
+                "content": _multipart([("image", "a.jpg", jpeg)])[:-30],
+                "headers": {"Content-Type": mp},
+            },
+            400,
+            "malformed_multipart",
+        ),
+        "bad_source_header": (
+            {
+                "files": {"image": ("cat.jpg", jpeg, "image/jpeg")},
+                "headers": {"X-Catdog-Source": "no spaces allowed!"},
+            },
+            400,
+            "bad_source",
+        ),
+    }
+
+
+BAD_CASES = (
+    "bad_source_header",
+    "decompression_bomb",
+    "empty_body",
+    "empty_file",
+    "json_body",
+    "missing_image_field",
+    "no_boundary",
+    "not_an_image",
+    "over_10_mb",
+    "over_10_mb_chunked",
+    "text_body",
+    "tiff",
+    "truncated_jpeg",
+    "two_files",
+    "two_image_fields",
+    "unterminated_multipart",
+)
+
+
+def test_bad_request_cases_are_all_listed():
+    assert sorted(bad_requests()) == sorted(BAD_CASES)
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_request_gets_its_4xx_and_a_json_error(url, case):
+    kwargs, status, reason = bad_requests()[case]
+    response = httpx.post(f"{url}/classify", timeout=60, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["error"] == reason
+    assert isinstance(body["detail"], str) and len(body["detail"]) > 10
+    assert response.headers["x-request-id"]
+
+
+def test_bad_requests_do_not_disturb_good_ones(url, reference):
+    """Bad uploads interleaved with good ones from 12 threads: every good one answered right."""
+    good = [(p.read_bytes(), p.name) for p in photos("cat")[:20] + photos("dog")[:20]]
+    bad = bad_requests()
+    bad.pop("over_10_mb_chunked")  # a generator body can be sent once only
+    jobs = [("good", g) for g in good] + [("bad", b) for b in list(bad.items()) * 2]
+    jobs = [jobs[i] for i in np.random.default_rng(0).permutation(len(jobs))]
+
+    def send(job):
+        kind, item = job
+        if kind == "good":
+            payload, name = item
+            return kind, item, post_image(url, payload, name)
+        _, (kwargs, _, _) = item
+        return kind, item, httpx.post(f"{url}/classify", timeout=60, **kwargs)
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(send, jobs))
+    for kind, item, response in results:
+        assert response.status_code < 500, response.text
+        if kind == "good":
+            payload, name = item
+            assert response.status_code == 200, (name, response.text)
+            expected = reference.class_names[int(expected_probs(reference, payload).argmax())]
+            assert response.json()["label"] == expected
+        else:
+            case, (_, status, reason) = item
+            assert (response.status_code, response.json()["error"]) == (status, reason), case
+
+
+# ---------------------------------------------------------------- observability
+def test_metrics_count_predictions_rejections_and_batches(url):
+    before = metric_samples(url)
+    labels = [post_image(url, p.read_bytes()).json()["label"] for p in photos("dog")[:5]]
+    post_image(url, b"definitely not an image")
+
+    async def burst():  # concurrent requests, so the micro-batcher can share model calls
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{url}/classify", files={"image": ("x.jpg", p.read_bytes(), "image/jpeg")}
+                    )
+                    for p in photos("cat")[:24]
+                )
+            )
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 24
+    labels += [r.json()["label"] for r in responses]
+    after = metric_samples(url)
+
+    def delta(name, **labels_):
+        return metric_total(after, name, **labels_) - metric_total(before, name, **labels_)
+
+    for label in set(labels):
+        assert delta("catdog_predictions_total", label=label) == labels.count(label)
+    assert delta("catdog_rejected_requests_total", reason="not_an_image") == 1
+    assert delta("catdog_confidence_count") == 29
+    assert delta("catdog_preprocess_seconds_count") == 29
+    # Every image goes through exactly one model call; calls hold one or more images.
+    assert delta("catdog_batch_size_sum") == 29
+    assert 1 <= delta("catdog_batch_size_count") <= 29
+    # BentoML's own metrics are still served on the same page.
+    assert any(name.startswith("bentoml_") for name, _ in after)
+    for probe in ("/healthz", "/livez", "/readyz"):
+        assert httpx.get(f"{url}{probe}", timeout=10).status_code == 200
+
+
+def test_one_json_log_line_per_request(served):
+    url = served["url"]
+    ok = post_image(url, photos("cat")[3].read_bytes(), headers={"X-Request-ID": "log-ok-1"})
+    bad = post_image(url, b"nope", headers={"X-Request-ID": "log-bad-1"})
+    assert (ok.status_code, bad.status_code) == (200, 415)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = served["server"].log_path.read_text(errors="replace").splitlines()
+        mine = [json.loads(x) for x in lines if '"request_id":"log-' in x]
+        if len(mine) >= 2:
+            break
+        time.sleep(0.2)
+    by_id = {entry["request_id"]: entry for entry in mine}
+    assert len(mine) == 2
+    good = by_id["log-ok-1"]
+    assert good["status"] == 200 and good["label"] == ok.json()["label"]
+    assert good["confidence"] == pytest.approx(ok.json()["confidence"], abs=1e-4)
+    assert good["latency_ms"] > 0 and good["source"] == "user"
+    assert by_id["log-bad-1"]["status"] == 415 and by_id["log-bad-1"]["error"] == "not_an_image"
+    assert all(len(json.dumps(entry)) < 1000 for entry in mine)  # never image bytes
+
+
+def test_inference_log_rows_with_their_source(served):
+    url = served["url"]
+    user = post_image(url, photos("dog")[5].read_bytes(), headers={"X-Request-ID": "il-user"})
+    evaluation = post_image(
+        url,
+        photos("cat")[5].read_bytes(),
+        headers={"X-Request-ID": "il-eval", "X-Catdog-Source": "evaluation"},
+    )
+    assert user.status_code == evaluation.status_code == 200
+    log = InferenceLog(served["log"])
+    deadline = time.monotonic() + 20
+    rows = {}
+    while time.monotonic() < deadline and len(rows) < 2:
+        if served["log"].exists():
+            frame = log.read(exclude_sources=())
+            rows = {
+                r["request_id"]: r
+                for r in frame.to_dict("records")
+                if r["request_id"].startswith("il-")
+            }
+        time.sleep(0.2)
+    assert set(rows) == {"il-user", "il-eval"}
+    assert rows["il-user"]["source"] == "user" and rows["il-eval"]["source"] == "evaluation"
+    for request_id, response in (("il-user", user), ("il-eval", evaluation)):
+        row = rows[request_id]
+        assert row["label"] == response.json()["label"]
+        assert row["confidence"] == pytest.approx(response.json()["confidence"])
+        assert row["model_version"] == MLFLOW_VERSION and row["model_name"] == "catdog-classifier"
+        assert row["width"] == 200 and row["height"] == 200
+        assert all(np.isfinite(row[c]) for c in STAT_COLUMNS)
+    # The monitoring flow's default read leaves the evaluation traffic out.
+    assert "il-eval" not in set(log.read()["request_id"])
+    assert "il-user" in set(log.read()["request_id"])
+
+
+def test_openapi_page_documents_classify(url):
+    assert httpx.get(f"{url}/", timeout=10).status_code == 200
+    spec = httpx.get(f"{url}/docs.json", timeout=10).json()
+    operation = spec["paths"]["/classify"]["post"]
+    body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["required"] == ["image"] and body["properties"]["image"]["format"] == "binary"
+    assert {"200", "400", "413", "415", "422", "503"} <= set(operation["responses"])
+
+
+def test_bentoml_build_packs_the_declared_model(served, tmp_path):
+    """The model is a BentoModel class attribute: the bento built from the bentofile holds it."""
+    env = served["env"]
+    result = run(
+        [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "--output", "tag", str(ROOT)],
+        env,
+        timeout=300,
+    )
+    tag = [x for x in result.stdout.splitlines() if x.startswith("__tag__:")][-1][len("__tag__:") :]
+    code = (
+        "import sys, bentoml; "
+        "print(' '.join(str(m.tag) for m in bentoml.get(sys.argv[1]).info.all_models))"
+    )
+    models = run([sys.executable, "-c", code, tag], env).stdout.split()
+    assert models == [served["model_tag"]]
+
+
+# ---------------------------------------------------------------- without a model
+def test_service_without_a_model_starts_unready_and_says_why(tmp_path):
+    home = tmp_path / "empty-bentoml-home"
+    env = _env(
+        BENTOML_HOME=str(home),
+        CATDOG_INFERENCE_LOG=str(tmp_path / "log.sqlite"),
+        CATDOG_WORKERS="2",  # each worker finds no model; the error must still appear once
+    )
+    port = free_port()
+    server = Server(
+        "bentoml-no-model",
+        [str(BIN / "bentoml"), "serve", "bento.service:CatDogClassifier", "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        tmp_path / "bentoml.log",
+        env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_http(f"{base}/livez", timeout=180)
+        assert httpx.get(f"{base}/readyz", timeout=10).status_code == 503
+        response = post_image(base, photos("cat")[0].read_bytes())
+        assert response.status_code == 503
+        assert response.json()["error"] == "model_unavailable"
+        message = f"no model 'catdog-classifier:latest' in the BentoML store at {home}"
+        assert message in response.json()["detail"]
+        assert "prefect deployment run package/champion" in response.json()["detail"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # both workers up (the second may start later)
+            log = server.log_tail(400).splitlines()
+            if sum("Service CatDogClassifier initialized" in x for x in log) == 2:
+                break
+            time.sleep(0.5)
+        startup_errors = [json.loads(x) for x in log if '"event":"model_missing"' in x]
+        assert len(startup_errors) == 1, log  # one clear error, not a traceback per worker
+        assert startup_errors[0]["level"] == "error" and message in startup_errors[0]["message"]
+        assert not (tmp_path / "log.sqlite").exists()
+    finally:
+        server.stop()
+
+
+def test_service_module_imports_neither_torch_nor_pandas():
+    code = (
+        "import sys, bento.service; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert 'pandas' not in sys.modules, 'pandas imported'"
+    )
+    run([sys.executable, "-c", code], _env())
+
+
+# ---------------------------------------------------------------- the micro-batcher, in process
+def test_micro_batcher_shares_model_calls_and_routes_results():
+    from bento.service import MicroBatcher, Overloaded
+
+    calls = []
+
+    def predict(batch):
+        calls.append(len(batch))
+        time.sleep(0.05)  # a slow model: requests queue up meanwhile
+        return batch * 10
+
+    async def scenario():
+        batcher = MicroBatcher(predict, max_batch_size=8, max_queue=100, workers=1)
+        batcher.start()
+        first = await batcher.predict(np.array([1.0]))  # alone: batch of one, no waiting
+        results = await asyncio.gather(*(batcher.predict(np.array([float(i)])) for i in range(12)))
+        await batcher.stop()
+        return first, results
+
+    first, results = asyncio.run(scenario())
+    assert first.tolist() == [10.0]
+    assert [r.tolist() for r in results] == [[10.0 * i] for i in range(12)]
+    assert calls[0] == 1 and max(calls) == 8 and sum(calls) == 13
+    assert len(calls) < 13  # shared calls
+
+    async def overload():
+        batcher = MicroBatcher(predict, max_batch_size=1, max_queue=2, workers=1)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.predict(np.array([1.0]))) for _ in range(6)]
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return outcomes
+
+    outcomes = asyncio.run(overload())
+    assert any(isinstance(o, Overloaded) for o in outcomes)
+    assert any(isinstance(o, np.ndarray) for o in outcomes)
+
+
+def test_micro_batcher_hands_a_model_error_to_every_waiting_request():
+    from bento.service import MicroBatcher
+
+    def broken(batch):
+        raise RuntimeError("model exploded")
+
+    async def scenario():
+        batcher = MicroBatcher(broken, workers=1)
+        batcher.start()
+        outcomes = await asyncio.gather(
+            *(batcher.predict(np.zeros(2)) for _ in range(3)), return_exceptions=True
+        )
+        await batcher.stop()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, RuntimeError) and "exploded" in str(o) for o in outcomes)

@@ -1,0 +1,217 @@
+"""The inference log: append/read, time window, excluded sources, concurrent writers, recorder."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from PIL import Image
+
+from model_lib.image_stats import STAT_COLUMNS, image_statistics
+from model_lib.inference_log import COLUMNS, InferenceLog, InferenceRecorder, default_path
+from tests.images import noise_image
+from tests.servers import ROOT
+
+
+def record(request_id: str, source: str = "user", timestamp=None, **overrides) -> dict:
+    row = {
+        "request_id": request_id,
+        "source": source,
+        "label": "cat",
+        "confidence": 0.9,
+        "model_name": "catdog-classifier",
+        "model_version": "3",
+        **{column: 1.0 for column in STAT_COLUMNS},
+        **overrides,
+    }
+    if timestamp is not None:
+        row["timestamp"] = timestamp
+    return row
+
+
+def test_nothing_is_created_until_the_first_append(tmp_path):
+    path = tmp_path / "deep" / "folder" / "log.sqlite"
+    log = InferenceLog(path)
+    assert not path.parent.exists()
+    assert log.read().empty and list(log.read().columns) == list(COLUMNS)
+    assert not path.parent.exists()  # reading a missing log creates nothing either
+    log.append(record("a"))
+    assert path.is_file()
+
+
+def test_default_path_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("CATDOG_INFERENCE_LOG", raising=False)
+    assert str(default_path()) == ".run/inference_log.sqlite"
+    monkeypatch.setenv("CATDOG_INFERENCE_LOG", str(tmp_path / "x.sqlite"))
+    assert InferenceLog().path == tmp_path / "x.sqlite"
+
+
+def test_append_then_read_round_trips_every_field(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    log.append(record("r1", confidence=0.75, label="dog", timestamp=when, brightness=123.5))
+    frame = log.read()
+    assert list(frame.columns) == list(COLUMNS)
+    (row,) = frame.to_dict("records")
+    assert row["request_id"] == "r1" and row["label"] == "dog" and row["confidence"] == 0.75
+    assert row["model_version"] == "3" and row["brightness"] == 123.5
+    assert row["timestamp"] == when
+    assert str(frame["timestamp"].dt.tz) == "UTC"
+
+
+def test_log_is_in_wal_mode_and_survives_reopening(tmp_path):
+    path = tmp_path / "log.sqlite"
+    InferenceLog(path).append(record("a"))
+    InferenceLog(path).append(record("b"))  # a new instance: as after a service restart
+    assert list(InferenceLog(path).read()["request_id"]) == ["a", "b"]
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_window_and_excluded_sources(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    now = datetime.now(UTC)
+    log.append_many(
+        [
+            record("old", timestamp=now - timedelta(hours=3)),
+            record("recent", timestamp=now - timedelta(minutes=5)),
+            record("eval", source="evaluation", timestamp=now - timedelta(minutes=5)),
+            record("traffic", source="traffic-generator", timestamp=now),
+        ]
+    )
+    assert list(log.read()["request_id"]) == ["old", "recent", "traffic"]
+    since = now - timedelta(hours=1)
+    assert list(log.read(since=since)["request_id"]) == ["recent", "traffic"]
+    assert list(log.read(since=since, exclude_sources=())["request_id"]) == [
+        "recent",
+        "eval",
+        "traffic",
+    ]
+    assert list(
+        log.read(since=since, exclude_sources=("evaluation", "traffic-generator"))["request_id"]
+    ) == ["recent"]
+
+
+def test_bad_records_and_naive_datetimes_are_refused(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    with pytest.raises(ValueError, match="unknown"):
+        log.append(record("a", image_bytes=b"never"))
+    incomplete = record("a")
+    del incomplete["label"]
+    with pytest.raises(ValueError, match="missing"):
+        log.append(incomplete)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        log.append(record("a", timestamp=datetime(2026, 1, 1)))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        log.read(since=datetime(2026, 1, 1))
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from model_lib.image_stats import STAT_COLUMNS
+    from model_lib.inference_log import InferenceLog
+    log = InferenceLog(sys.argv[1])
+    for i in range(int(sys.argv[3])):
+        log.append({
+            "request_id": f"{sys.argv[2]}-{i}", "source": "user", "label": "dog",
+            "confidence": 0.8, "model_name": "m", "model_version": "1",
+            **{c: 0.0 for c in STAT_COLUMNS},
+        })
+    """
+)
+
+
+def test_two_writer_processes_lose_nothing(tmp_path):
+    """Like two service workers: concurrent appends from separate processes."""
+    path = tmp_path / "log.sqlite"
+    count = 150
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), name, str(count)], cwd=ROOT)
+        for name in ("w1", "w2")
+    ]
+    # A reader in this process at the same time must not break them (WAL).
+    reads = 0
+    while True:
+        InferenceLog(path).read()
+        reads += 1
+        if all(w.poll() is not None for w in writers):
+            break
+    assert [w.wait(60) for w in writers] == [0, 0]
+    ids = list(InferenceLog(path).read()["request_id"])
+    assert len(ids) == 2 * count and len(set(ids)) == 2 * count
+    assert reads > 0
+
+
+def test_recorder_computes_statistics_off_the_caller_thread(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    recorder = InferenceRecorder(log)
+    image = noise_image(1, size=(50, 40))
+    without_stats = {k: v for k, v in record("r1").items() if k not in STAT_COLUMNS}
+    assert recorder.submit(image, 2048, without_stats)
+    assert recorder.flush(10)
+    (row,) = log.read().to_dict("records")
+    expected = image_statistics(image, 2048)
+    assert row["width"] == 50 and row["height"] == 40 and row["file_size_kb"] == 2.0
+    assert row["sharpness"] == pytest.approx(expected["sharpness"])
+    assert recorder.close()
+
+
+def test_recorder_drops_and_counts_when_its_queue_is_full(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    release = threading.Event()
+    original = log.append_many
+
+    def slow_append(records):
+        release.wait(10)  # the writer is stuck: the queue fills up
+        return original(records)
+
+    log.append_many = slow_append
+    drops = []
+    recorder = InferenceRecorder(log, max_pending=3, batch_size=1, on_drop=lambda: drops.append(1))
+    image = Image.new("RGB", (8, 8))
+    base = {k: v for k, v in record("x").items() if k not in STAT_COLUMNS}
+    accepted = [recorder.submit(image, 10, {**base, "request_id": str(i)}) for i in range(6)]
+    assert accepted == [True, True, True, False, False, False]
+    assert recorder.dropped == 3 and len(drops) == 3
+    release.set()
+    assert recorder.flush(10)
+    assert sorted(log.read()["request_id"]) == ["0", "1", "2"]
+    recorder.close()
+
+
+def test_recorder_pixel_budget_bounds_memory(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    release = threading.Event()
+    original = log.append_many
+    log.append_many = lambda records: (release.wait(10), original(records))[1]
+    recorder = InferenceRecorder(log, max_pending_pixels=100 * 100, batch_size=1)
+    base = {k: v for k, v in record("x").items() if k not in STAT_COLUMNS}
+    big = Image.new("RGB", (200, 200))  # over the budget, but alone in the queue: accepted
+    assert recorder.submit(big, 10, {**base, "request_id": "big"})
+    assert not recorder.submit(Image.new("RGB", (10, 10)), 10, {**base, "request_id": "small"})
+    release.set()
+    assert recorder.flush(10)
+    assert recorder.submit(Image.new("RGB", (10, 10)), 10, {**base, "request_id": "later"})
+    assert recorder.flush(10)
+    assert list(log.read()["request_id"]) == ["big", "later"]
+    recorder.close()
+
+
+def test_recorder_reports_write_errors_and_keeps_running(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    errors = []
+    recorder = InferenceRecorder(log, on_error=errors.append)
+    base = {k: v for k, v in record("x").items() if k not in STAT_COLUMNS}
+    recorder.submit(Image.new("RGB", (8, 8)), 10, {**base, "unexpected": 1})  # refused by the log
+    assert recorder.flush(10)
+    assert len(errors) == 1 and isinstance(errors[0], ValueError) and recorder.failed == 1
+    recorder.submit(Image.new("RGB", (8, 8)), 10, {**base, "request_id": "fine"})
+    assert recorder.flush(10)
+    assert list(log.read()["request_id"]) == ["fine"]
+    recorder.close()
