@@ -7,7 +7,7 @@ VENV_STAMP := .venv/.installed
 IMAGE ?= catdog-classifier:latest
 
 .PHONY: help all setup data up down status deploy train train-transfer train-small \
-        package serve traffic evaluate urls containerize smoke \
+        package serve traffic evaluate urls containerize smoke bench screenshots \
         test test-unit lint format clean
 
 help:  ## list targets
@@ -68,6 +68,14 @@ containerize: $(VENV_STAMP)  ## OCI image of the latest bento (buildah + local b
 
 smoke:  ## start the image, classify a cat and a dog, check errors, metrics, non-root, no torch
 	scripts/container/smoke_test.sh $(IMAGE)
+
+bench: $(VENV_STAMP)  ## serving benchmark: raw ONNX ceiling vs service vs naive PyTorch (uses wrk)
+	command -v wrk >/dev/null || apt-get install -y -q wrk
+	$(ENV) python bench/serving.py --duration 10 --clients 1,4,16 --repeat $${REPEAT:-3}
+
+screenshots: $(VENV_STAMP)  ## README screenshots of the running platform (headless Chromium)
+	command -v chromium >/dev/null || apt-get install -y -q chromium
+	$(ENV) python scripts/screenshots.py
 
 urls:  ## where everything is, and how to stop it
 	@. scripts/env.sh; echo; echo "Platform is up:"; \
