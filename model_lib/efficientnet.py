@@ -263,6 +263,24 @@ class OnnxBackbone:
         )
 
 
+class _TrainableTail(nn.Sequential):
+    """Head conv + pooling + dropout + classifier, trained on backbone features.
+
+    Its batch norm keeps the pretrained running statistics even in training
+    mode: with TF's momentum (0.01) they would need hundreds of steps to catch
+    up with batch statistics, so a short fit would validate with statistics
+    that do not match what the layer was trained on. Its scale and shift
+    still learn. Measured: as accurate as updating them (98.8-99.0%) on the full data.
+    """
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
+
 def _fresh_view(data, batch_size, generator, augment, backbone, cache: list):
     """Augmented training batches -> backbone features, kept in `cache` (float16)."""
     from model_lib.training import batches
@@ -298,7 +316,7 @@ def fit_transfer(config, data, prep, on_progress=None):
     # Frozen by construction: only the tail's parameters reach the optimizer, and
     # the frozen part runs outside autograd (ONNX Runtime).
     frozen = nn.Sequential(model.stem, model.blocks)
-    tail = nn.Sequential(model.head, model.pool, model.dropout, model.classifier)
+    tail = _TrainableTail(model.head, model.pool, model.dropout, model.classifier)
     backbone = OnnxBackbone(frozen, prep.image_size, torch.get_num_threads())
 
     generator = torch.Generator().manual_seed(config.seed)
