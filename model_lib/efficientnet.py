@@ -315,7 +315,13 @@ def fit_transfer(config, data, prep, on_progress=None):
     ONNX Runtime and the head in PyTorch: identical to `model(val_inputs)` up to
     float rounding (< 1e-4 on logits, the export parity tolerance).
     """
-    from model_lib.training import BatchNormalizer, evaluate, train_one_epoch
+    from model_lib.training import (
+        BatchNormalizer,
+        batch_reporter,
+        evaluate,
+        record_epoch,
+        train_one_epoch,
+    )
 
     model = efficientnet_lite0(num_classes=len(prep.class_names), pretrained=True).eval()
     # Frozen by construction: only the tail's parameters reach the optimizer, and
@@ -351,14 +357,7 @@ def fit_transfer(config, data, prep, on_progress=None):
             loader = _fresh_view(data, config.batch_size, generator, augment, backbone, cache)
         else:
             loader = _replay(*views[(epoch - 1) % len(views)], config.batch_size, generator)
-        on_batch = None
-        if on_progress:
-
-            def on_batch(stats, epoch=epoch):
-                on_progress(
-                    {"epoch": epoch, "epochs": config.epochs, "total": steps_per_epoch, **stats}
-                )
-
+        on_batch = batch_reporter(on_progress, epoch, config.epochs, steps_per_epoch)
         train_stats = train_one_epoch(
             tail, loader, optimizer, scheduler, lambda f: f.float(), on_batch
         )
@@ -367,15 +366,5 @@ def fit_transfer(config, data, prep, on_progress=None):
         if val_features is None:  # once; part of epoch 1's time
             val_features = backbone.all(data.val_inputs, config.batch_size)
         result = evaluate(tail, val_features, data.val_labels)
-        history.append(
-            {
-                "epoch": epoch,
-                **train_stats,
-                "val_loss": result["val_loss"],
-                "val_accuracy": result["val_accuracy"],
-                "seconds": time.perf_counter() - started,
-            }
-        )
-        if on_progress:
-            on_progress({"epoch_done": True, **history[-1]})
+        record_epoch(history, epoch, train_stats, result, started, on_progress)
     return model.eval(), history, result["probabilities"]

@@ -174,6 +174,30 @@ def prepare_data(
     )
 
 
+def batch_reporter(on_progress, epoch: int, epochs: int, total: int):
+    """The per-batch callback `train_one_epoch` takes (None when nobody listens)."""
+    if on_progress is None:
+        return None
+    return lambda stats: on_progress({"epoch": epoch, "epochs": epochs, "total": total, **stats})
+
+
+def record_epoch(
+    history: list, epoch: int, train_stats: dict, result: dict, started: float, on_progress=None
+) -> None:
+    """Append one epoch's figures to `history` and report them."""
+    history.append(
+        {
+            "epoch": epoch,
+            **train_stats,
+            "val_loss": result["val_loss"],
+            "val_accuracy": result["val_accuracy"],
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    if on_progress:
+        on_progress({"epoch_done": True, **history[-1]})
+
+
 def fit_from_scratch(config: TrainConfig, model, data: PreparedData, prep, on_progress=None):
     """SGD with one-cycle LR over `config.epochs`; returns per-epoch history."""
     generator = torch.Generator().manual_seed(config.seed)
@@ -195,28 +219,11 @@ def fit_from_scratch(config: TrainConfig, model, data: PreparedData, prep, on_pr
     history, result = [], None
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        on_batch = None
-        if on_progress:
-
-            def on_batch(stats, epoch=epoch):
-                on_progress(
-                    {"epoch": epoch, "epochs": config.epochs, "total": steps_per_epoch, **stats}
-                )
-
+        on_batch = batch_reporter(on_progress, epoch, config.epochs, steps_per_epoch)
         loader = batches(data.train_pixels, data.train_labels, config.batch_size, generator)
         train_stats = train_one_epoch(model, loader, optimizer, scheduler, normalizer, on_batch)
         result = evaluate(model, data.val_inputs, data.val_labels)
-        history.append(
-            {
-                "epoch": epoch,
-                **train_stats,
-                "val_loss": result["val_loss"],
-                "val_accuracy": result["val_accuracy"],
-                "seconds": time.perf_counter() - started,
-            }
-        )
-        if on_progress:
-            on_progress({"epoch_done": True, **history[-1]})
+        record_epoch(history, epoch, train_stats, result, started, on_progress)
     return history, result["probabilities"]
 
 
@@ -224,7 +231,6 @@ def train(
     config: TrainConfig, data: PreparedData, class_names, on_progress: ProgressFn | None = None
 ):
     set_seed(config.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     prep = preprocessing_for(config.architecture, config.image_size, class_names)
     if config.architecture == "efficientnet_lite0":
         from model_lib.efficientnet import fit_transfer
