@@ -10,7 +10,7 @@ ARCHITECTURES = ("baseline_cnn", "efficientnet_lite0")
 @dataclass(frozen=True)
 class TrainConfig:
     architecture: str = "baseline_cnn"
-    epochs: int = 10
+    epochs: int = 7
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 5e-4
