@@ -49,7 +49,7 @@ train-transfer: $(VENV_STAMP)  ## run train/efficientnet-lite0 (ImageNet weights
 
 train-small: $(VENV_STAMP)  ## a quick real model (CI): EfficientNet-Lite0 head on 20% of the data
 	$(ENV) prefect deployment run train/efficientnet-lite0 --watch \
-	  --params '{"config": {"architecture": "efficientnet_lite0", "data_fraction": 0.2, "epochs": 4}}'
+	  --params '{"config": {"architecture": "efficientnet_lite0", "data_fraction": 0.2, "epochs": 4, "learning_rate": 0.003}}'
 
 package: $(VENV_STAMP)  ## champion -> BentoML model store -> bento (Prefect flow `package`)
 	$(ENV) prefect deployment run package/champion --watch

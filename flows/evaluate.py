@@ -99,25 +99,27 @@ def evaluate(
     if result.errors:
         problems.append(f"{result.errors} of {result.requests} requests failed")
 
-    current = recent_inferences(inference_log, window_minutes)
-    drift, html_path = None, None
-    if len(current) < min_requests:
-        problems.append(
-            f"not enough data to judge drift: {len(current)} requests in the last "
-            f"{window_minutes} min (need {min_requests})"
-        )
-    else:
-        reference = reference_for(result.model_versions, model_name)
-        html_path = Path(tempfile.mkdtemp(prefix="catdog-drift-")) / "drift_report.html"
-        drift = compare_with_reference(reference, current, html_path, drift_share)
-        if drift.detected:
+    # The report is logged to MLflow and Prefect; the local file is not kept.
+    with tempfile.TemporaryDirectory(prefix="catdog-drift-") as tmp:
+        current = recent_inferences(inference_log, window_minutes)
+        drift, html_path = None, None
+        if len(current) < min_requests:
             problems.append(
-                f"data drift: {len(drift.drifted_columns)} of {len(drift.p_values)} image "
-                f"statistics drifted ({', '.join(drift.drifted_columns)})"
+                f"not enough data to judge drift: {len(current)} requests in the last "
+                f"{window_minutes} min (need {min_requests})"
             )
+        else:
+            reference = reference_for(result.model_versions, model_name)
+            html_path = Path(tmp) / "drift_report.html"
+            drift = compare_with_reference(reference, current, html_path, drift_share)
+            if drift.detected:
+                problems.append(
+                    f"data drift: {len(drift.drifted_columns)} of {len(drift.p_values)} image "
+                    f"statistics drifted ({', '.join(drift.drifted_columns)})"
+                )
 
-    run_id = log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems)
-    publish_artifacts(result, drift, run_id, problems)
+        run_id = log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems)
+        publish_artifacts(result, drift, run_id, problems)
     if problems:
         raise EvaluationFailed("; ".join(problems))
     return {

@@ -15,10 +15,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @task
-def fetch_champion(model_name: str, version: str | None) -> packaging.Champion:
-    return packaging.resolve_champion(
-        model_name, version, Path(tempfile.mkdtemp(prefix="catdog-package-"))
-    )
+def fetch_champion(model_name: str, version: str | None, work_dir: Path) -> packaging.Champion:
+    return packaging.resolve_champion(model_name, version, work_dir)
 
 
 @task
@@ -51,9 +49,13 @@ def package(
     Returns the bento tag."""
     logger = get_run_logger()
     ensure_tracking_server()
-    champion = fetch_champion(model_name, version)
-    logger.info("champion: %s v%s (run %s)", champion.model_name, champion.version, champion.run_id)
-    model_tag = store_model(champion)
+    # The download is only needed until the model store holds its copy.
+    with tempfile.TemporaryDirectory(prefix="catdog-package-") as work_dir:
+        champion = fetch_champion(model_name, version, Path(work_dir))
+        logger.info(
+            "champion: %s v%s (run %s)", champion.model_name, champion.version, champion.run_id
+        )
+        model_tag = store_model(champion)
     logger.info("saved to the BentoML model store as %s", model_tag)
     bento_tag = build(bentofile)
     logger.info("built bento %s", bento_tag)

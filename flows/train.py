@@ -181,15 +181,19 @@ def train(config: TrainConfig = TrainConfig()) -> dict:  # noqa: B008 - Prefect 
     """Train one model on the DVC-tracked pool and register it in MLflow."""
     logger = get_run_logger()
     check_tracking_server()
-    work_dir = Path(tempfile.mkdtemp(prefix="catdog-train-"))
-    train_items, val_items, class_names, report_path = validate_data(config, work_dir)
-    logger.info("split: %d train / %d validation images", len(train_items), len(val_items))
+    # Reports and the exported model are logged to MLflow; the local copies go.
+    with tempfile.TemporaryDirectory(prefix="catdog-train-") as tmp:
+        work_dir = Path(tmp)
+        train_items, val_items, class_names, report_path = validate_data(config, work_dir)
+        logger.info("split: %d train / %d validation images", len(train_items), len(val_items))
 
-    run_id = start_run(config, train_items, val_items, report_path, work_dir)
-    prepared = load_images(config, train_items, val_items, class_names)
-    result = train_model(config, prepared, class_names, run_id)
-    model_uri, report = log_results(result, prepared.val_inputs[:16], class_names, work_dir, run_id)
-    version, decision = register(model_uri, config, report["accuracy"], val_items, run_id)
+        run_id = start_run(config, train_items, val_items, report_path, work_dir)
+        prepared = load_images(config, train_items, val_items, class_names)
+        result = train_model(config, prepared, class_names, run_id)
+        model_uri, report = log_results(
+            result, prepared.val_inputs[:16], class_names, work_dir, run_id
+        )
+        version, decision = register(model_uri, config, report["accuracy"], val_items, run_id)
 
     summary = {
         "run_id": run_id,

@@ -9,10 +9,12 @@ ARCHITECTURES = ("baseline_cnn", "efficientnet_lite0")
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # Defaults are the baseline's: 12 epochs took 9 minutes on 2 cores for
+    # 89% validation accuracy. The transfer deployment sets its own.
     architecture: str = "baseline_cnn"
-    epochs: int = 7
+    epochs: int = 12
     batch_size: int = 64
-    learning_rate: float = 3e-3
+    learning_rate: float = 0.05  # peak of the one-cycle schedule
     weight_decay: float = 5e-4
     image_size: int = 224
     seed: int = 42

@@ -13,9 +13,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1
+) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding=kernel // 2 if kernel % 2 else 0,
+            bias=False,
+        ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -24,22 +33,23 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
 class BaselineCNN(nn.Module):
     """A small VGG-style CNN with batch norm and global average pooling.
 
-    The stem downsamples 4x straight away (strided conv + max pool) and the
-    early stages have one conv each: at 224x224 the high-resolution layers
-    dominate the cost, and keeping them thin is what lets a from-scratch
-    model train to useful accuracy on two CPU cores in minutes. The
-    low-resolution stages get two convs, where depth is cheap.
+    The stem is a 4x4 stride-4 convolution ("patchify", as in ConvNeXt): it
+    sees every pixel but goes from 224x224 straight to 56x56. On two CPU cores
+    the high-resolution layers are what a from-scratch CNN spends its time on;
+    this stem trains 2.6x faster per epoch than a 3x3 stride-2 conv + max pool
+    (43 s vs 111 s for the full training split), and the epochs it buys are
+    worth more than the resolution (notes in the README, Results). The 14x14
+    and 7x7 stages get two convs each, where depth is cheap.
     """
 
-    def __init__(self, num_classes: int = 2, widths=(24, 48, 96, 192, 256), dropout: float = 0.3):
+    def __init__(self, num_classes: int = 2, widths=(32, 64, 128, 256), dropout: float = 0.3):
         super().__init__()
-        layers = [conv_bn_relu(3, widths[0], stride=2), nn.MaxPool2d(2)]  # 224 -> 56
+        layers = [conv_bn_relu(3, widths[0], kernel=4, stride=4)]  # 224 -> 56
         in_channels = widths[0]
         for index, width in enumerate(widths[1:]):
-            if index > 0:  # ceil_mode: small test images never shrink to 0x0
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            layers.append(conv_bn_relu(in_channels, width))
-            if index >= 2:  # at 14x14 and below
+            # ceil_mode: small test images never shrink to 0x0
+            layers += [nn.MaxPool2d(2, ceil_mode=True), conv_bn_relu(in_channels, width)]
+            if index >= 1:  # at 14x14 and below
                 layers.append(conv_bn_relu(width, width))
             in_channels = width
         self.features = nn.Sequential(*layers)

@@ -4,7 +4,8 @@
 #   MLflow tracking server (SQLite + local artifacts), Prefect server (SQLite),
 #   a process work pool with one worker.
 # Usage: scripts/services.sh up|serve|down|status
-# `up` is idempotent: a service that already answers is left alone.
+# `up` is idempotent: a service that already answers is left alone; `serve`
+# restarts a running service so it loads the latest packaged model.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$CATDOG_ROOT"
@@ -68,6 +69,9 @@ up() {
 }
 
 serve() { # bentoml serve the packaged model in the background, wait for /readyz
+  # A running service keeps the model it loaded: restart it so the latest
+  # packaged champion is served (still one server, never two).
+  if alive bento; then log "restarting bento to load the latest packaged model"; stop bento; fi
   start bento bentoml serve --host 127.0.0.1 --port "$BENTO_PORT"
   wait_http bento "http://127.0.0.1:$BENTO_PORT/readyz" 180
   log "service ready at http://127.0.0.1:$BENTO_PORT (POST /classify, docs at /)"
