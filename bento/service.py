@@ -439,6 +439,7 @@ async def _read_upload(request: Request, reader: BodyReader, max_upload: int, bo
 class ModelInfo(BaseModel):
     name: str = Field(description="MLflow registered model name")
     version: str = Field(description="MLflow model version")
+    precision: str = Field(description="weights of the served ONNX file: int8 or float32")
 
 
 class Classification(BaseModel):
@@ -595,6 +596,7 @@ class CatDogClassifier:
         self.model_info = {
             "name": str(metadata.get("mlflow_model_name", stored.tag.name)),
             "version": str(metadata.get("mlflow_model_version", stored.tag.version)),
+            "precision": str(metadata.get("precision", "float32")),
         }
         self.model_tag = str(stored.tag)
         self.batcher = MicroBatcher(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -15,8 +16,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @task
-def fetch_champion(model_name: str, version: str | None, work_dir: Path) -> packaging.Champion:
-    return packaging.resolve_champion(model_name, version, work_dir)
+def fetch_champion(
+    model_name: str, version: str | None, work_dir: Path, precision: str
+) -> packaging.Champion:
+    return packaging.resolve_champion(model_name, version, work_dir, precision)
 
 
 @task
@@ -43,17 +46,24 @@ def package(
     model_name: str = "catdog-classifier",
     version: str | None = None,
     bentofile: str = "bentofile.yaml",
+    precision: Literal["int8", "float32"] = "int8",
 ) -> str:
     """Package the champion (a `version` that is not the champion is refused).
 
+    `precision` "int8" ships the run's INT8 model when training logged one
+    (it does when it keeps the validation accuracy), else float32.
     Returns the bento tag."""
     logger = get_run_logger()
     ensure_tracking_server()
     # The download is only needed until the model store holds its copy.
     with tempfile.TemporaryDirectory(prefix="catdog-package-") as work_dir:
-        champion = fetch_champion(model_name, version, Path(work_dir))
+        champion = fetch_champion(model_name, version, Path(work_dir), precision)
         logger.info(
-            "champion: %s v%s (run %s)", champion.model_name, champion.version, champion.run_id
+            "champion: %s v%s (run %s), %s model",
+            champion.model_name,
+            champion.version,
+            champion.run_id,
+            champion.precision,
         )
         model_tag = store_model(champion)
     logger.info("saved to the BentoML model store as %s", model_tag)
@@ -65,7 +75,8 @@ def package(
         markdown=(
             f"# Packaged {champion.model_name} v{champion.version}\n\n"
             f"| | |\n|---|---|\n| bento | `{bento_tag}` |\n| BentoML model | `{model_tag}` |\n"
-            f"| MLflow run | `{champion.run_id}` |\n| val accuracy | {champion.val_accuracy} |\n\n"
+            f"| MLflow run | `{champion.run_id}` |\n| val accuracy | {champion.val_accuracy} |\n"
+            f"| precision | {champion.precision} |\n\n"
             f"Serve: `bentoml serve {bento_tag}`; image: `bentoml containerize {bento_tag}`"
         ),
         description="Bento built from the champion",

@@ -163,6 +163,42 @@ def _log_results(result, sample_inputs, class_names, out_dir):
 
 
 @task(cache_policy=NO_CACHE)
+def quantize(prepared, preprocessing, fp32_accuracy: float, out_dir: Path, run_id: str) -> bool:
+    """An INT8 copy of the exported model, logged only if it keeps its accuracy
+    (`package` ships it when present). Returns whether it was logged."""
+    from model_lib.onnx_model import OnnxClassifier
+    from model_lib.quantize import (
+        INT8_ARTIFACT_PATH,
+        INT8_TOLERANCE,
+        calibration_inputs,
+        int8_acceptable,
+        quantize_int8,
+    )
+
+    int8_path = quantize_int8(
+        out_dir / "model.onnx",
+        out_dir / INT8_ARTIFACT_PATH,
+        calibration_inputs(prepared.train_pixels, preprocessing),
+    )
+    probs = OnnxClassifier(int8_path).predict_proba(prepared.val_inputs)
+    accuracy = float((probs.argmax(1) == prepared.val_labels).mean())
+    acceptable = int8_acceptable(fp32_accuracy, accuracy)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metric("val_accuracy_int8", accuracy)
+        if acceptable:
+            mlflow.log_artifact(str(int8_path), str(Path(INT8_ARTIFACT_PATH).parent))
+    get_run_logger().info(
+        "INT8 model: val accuracy %.4f vs %.4f in float32: %s",
+        accuracy,
+        fp32_accuracy,
+        "logged for serving"
+        if acceptable
+        else f"not logged (loses more than {INT8_TOLERANCE:.1%}); float32 will be served",
+    )
+    return acceptable
+
+
+@task(cache_policy=NO_CACHE)
 def register(model_uri: str, config: TrainConfig, accuracy: float, val_items, run_id: str):
     from model_lib.tracking import register_and_gate
 
@@ -193,6 +229,7 @@ def train(config: TrainConfig = TrainConfig()) -> dict:  # noqa: B008 - Prefect 
         model_uri, report = log_results(
             result, prepared.val_inputs[:16], class_names, work_dir, run_id
         )
+        quantize(prepared, result.preprocessing, report["accuracy"], work_dir, run_id)
         version, decision = register(model_uri, config, report["accuracy"], val_items, run_id)
 
     summary = {

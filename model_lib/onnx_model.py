@@ -38,9 +38,16 @@ class OnnxClassifier:
     def class_names(self) -> tuple[str, ...]:
         return self.preprocessing.class_names
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        logits = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
-        return softmax(logits)
+    def predict_proba(self, batch: np.ndarray, chunk_size: int = 64) -> np.ndarray:
+        """Class probabilities, run `chunk_size` images at a time (bounded memory)."""
+        batch = batch.astype(np.float32, copy=False)
+        logits = [
+            self.session.run(None, {self.input_name: batch[start : start + chunk_size]})[0]
+            for start in range(0, len(batch), chunk_size)
+        ]
+        if not logits:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        return softmax(np.concatenate(logits))
 
     def predict_images(self, images, batch_size: int = 64) -> np.ndarray:
         """Class probabilities for decoded RGB PIL images."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_lib.onnx_model import OnnxClassifier
+from model_lib.quantize import INT8_ARTIFACT_PATH
 from model_lib.tracking import CHAMPION_ALIAS
 
 BENTO_MODEL_NAME = "catdog-classifier"
@@ -30,13 +31,23 @@ class Champion:
     run_id: str
     val_accuracy: str
     folder: Path  # holds model.onnx and reference_stats.csv
+    precision: str  # of folder/model.onnx: "int8" or "float32"
 
 
-def resolve_champion(model_name: str, version: str | None, download_to: Path) -> Champion:
+PRECISIONS = ("int8", "float32")
+
+
+def resolve_champion(
+    model_name: str, version: str | None, download_to: Path, precision: str = "int8"
+) -> Champion:
     """The champion version's ONNX file and drift reference, downloaded from MLflow.
 
     `version`, when given, must be the champion: packaging anything else is refused.
+    With precision "int8" the run's INT8 model is taken when training logged one
+    (it does when it keeps the validation accuracy), the float32 model otherwise.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -62,13 +73,26 @@ def resolve_champion(model_name: str, version: str | None, download_to: Path) ->
         run_id=champion.run_id, artifact_path=REFERENCE_STATS_FILE, dst_path=str(download_to)
     )
     shutil.move(download_to / "model" / "model.onnx", download_to / "model.onnx")
+    if precision == "int8" and _has_artifact(client, champion.run_id, INT8_ARTIFACT_PATH):
+        int8 = mlflow.artifacts.download_artifacts(
+            run_id=champion.run_id, artifact_path=INT8_ARTIFACT_PATH, dst_path=str(download_to)
+        )
+        shutil.move(int8, download_to / "model.onnx")
+    else:
+        precision = "float32"
     return Champion(
         model_name,
         str(champion.version),
         champion.run_id,
         champion.tags.get("val_accuracy", ""),
         download_to,
+        precision,
     )
+
+
+def _has_artifact(client, run_id: str, path: str) -> bool:
+    folder, _, _ = path.rpartition("/")
+    return any(item.path == path for item in client.list_artifacts(run_id, folder))
 
 
 def save_to_bento_store(champion: Champion) -> str:
@@ -79,12 +103,17 @@ def save_to_bento_store(champion: Champion) -> str:
     prep = OnnxClassifier(onnx_path).preprocessing  # also proves the file loads
     with bentoml.models.create(
         BENTO_MODEL_NAME,
-        labels={"mlflow_model": champion.model_name, "mlflow_version": champion.version},
+        labels={
+            "mlflow_model": champion.model_name,
+            "mlflow_version": champion.version,
+            "precision": champion.precision,
+        },
         metadata={
             "mlflow_model_name": champion.model_name,
             "mlflow_model_version": champion.version,
             "mlflow_run_id": champion.run_id,
-            "val_accuracy": champion.val_accuracy,
+            "val_accuracy": champion.val_accuracy,  # of the float32 model, as registered
+            "precision": champion.precision,
             "image_size": prep.image_size,
             "mean": list(prep.mean),
             "std": list(prep.std),

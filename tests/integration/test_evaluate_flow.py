@@ -7,9 +7,10 @@ enough data), then gets unshifted traffic (no drift), then darkened traffic
 
 from __future__ import annotations
 
+import httpx
 from mlflow import MlflowClient
 
-from model_lib.monitoring import send_traffic
+from model_lib.monitoring import EVALUATION_SOURCE, send_traffic
 from tests.conftest import TEST_IMAGES, run_deployment
 from tests.servers import free_port
 
@@ -38,6 +39,21 @@ def test_package_recorded_the_bento_on_the_model_version(served_champion, traine
     client, run = trained
     champion = client.get_model_version_by_alias("catdog-classifier", "champion")
     assert champion.tags["bento_tag"].startswith("catdog-classifier:")
+    # The INT8 model ships when training logged one, float32 otherwise.
+    has_int8 = bool(client.list_artifacts(champion.run_id, "int8"))
+    body = httpx.post(
+        f"{served_champion['url']}/classify",
+        files={
+            "image": (
+                "cat.jpg",
+                next((TEST_IMAGES / "cat").glob("*.jpg")).read_bytes(),
+                "image/jpeg",
+            )
+        },
+        headers={"X-Catdog-Source": EVALUATION_SOURCE},  # not traffic: drift tests count it
+        timeout=60,
+    ).json()
+    assert body["model"]["precision"] == ("int8" if has_int8 else "float32")
 
 
 def test_packaging_a_non_champion_is_refused(platform, trained):

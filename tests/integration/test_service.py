@@ -100,7 +100,8 @@ shutil.copy(onnx, folder / "model.onnx")
 photos = sorted(Path(sys.argv[4]).glob("*/*.jpg"))[:10]
 rows = [image_statistics(decode_image(p.read_bytes()), p.stat().st_size) for p in photos]
 pd.DataFrame(rows).to_csv(folder / "reference_stats.csv", index=False)
-print(save_to_bento_store(Champion("catdog-classifier", version, "test-run", "0.9", folder)))
+champion = Champion("catdog-classifier", version, "test-run", "0.9", folder, "float32")
+print(save_to_bento_store(champion))
 """
 
 
@@ -229,7 +230,11 @@ def test_response_body_and_request_id(url, reference):
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert body["confidence"] == max(body["probabilities"].values())
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
-    assert body["model"] == {"name": "catdog-classifier", "version": MLFLOW_VERSION}
+    assert body["model"] == {
+        "name": "catdog-classifier",
+        "version": MLFLOW_VERSION,
+        "precision": "float32",
+    }
     assert 0 < body["latency_ms"] < 30_000
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
     echoed = post_image(url, payload, headers={"X-Request-ID": "client-id-123"})

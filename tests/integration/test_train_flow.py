@@ -50,6 +50,20 @@ def test_run_has_reports_plots_and_both_models(first_run):
     assert validation["ok"] and set(validation["class_counts"]) == {"cat", "dog"}
 
 
+def test_int8_model_is_logged_exactly_when_it_keeps_the_accuracy(first_run):
+    from model_lib.quantize import INT8_ARTIFACT_PATH, int8_acceptable
+
+    client, run = first_run
+    int8_accuracy = run.data.metrics["val_accuracy_int8"]
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "int8")}
+    expected = (
+        {INT8_ARTIFACT_PATH}
+        if int8_acceptable(run.data.metrics["val_accuracy"], int8_accuracy)
+        else set()
+    )
+    assert logged == expected
+
+
 def test_first_version_is_champion(first_run):
     client, run = first_run
     version = client.get_model_version_by_alias("catdog-classifier", "champion")

@@ -1,0 +1,86 @@
+"""Post-training static INT8 quantization of an exported classifier (torch-free).
+
+Weights are quantized per channel; activation ranges are calibrated on
+training images (never validation ones, which judge the result). The
+quantized file keeps the preprocessing metadata, so it is a drop-in for
+`model.onnx`. On this CPU (AVX-512 VNNI) EfficientNet-Lite0, an architecture
+designed for 8-bit inference, ran 2.1x faster at batch 1 and 2.3x at batch 16
+for 0.24 percentage points of validation accuracy.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from model_lib.preprocess import Preprocessing, normalize
+
+# The INT8 model ships only if it loses at most this much validation accuracy.
+INT8_TOLERANCE = 0.005
+CALIBRATION_IMAGES = 256
+INT8_ARTIFACT_PATH = "int8/model.onnx"  # in the training run's artifacts
+
+
+def calibration_inputs(
+    train_pixels: np.ndarray, prep: Preprocessing, count: int = CALIBRATION_IMAGES
+) -> np.ndarray:
+    """Evenly spaced training images, centre-cropped to the model size and normalised."""
+    step = max(1, len(train_pixels) // count)
+    sample = train_pixels[::step][:count]
+    size = prep.image_size
+    top = (sample.shape[1] - size) // 2
+    left = (sample.shape[2] - size) // 2
+    return normalize(sample[:, top : top + size, left : left + size], prep)
+
+
+def quantize_int8(
+    fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, batch_size: int = 16
+) -> Path:
+    """Write the static INT8 (QDQ) version of `fp32_path` to `out_path`."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(
+                {"image": calibration[start : start + batch_size]}
+                for start in range(0, len(calibration), batch_size)
+            )
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="catdog-quantize-") as tmp:
+        # Shape inference and graph fusions first, as ONNX Runtime recommends.
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    quantized = onnx.load(str(out_path))
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(onnx.load(str(fp32_path)).metadata_props)
+    onnx.save(quantized, str(out_path))
+    return out_path
+
+
+def int8_acceptable(fp32_accuracy: float, int8_accuracy: float) -> bool:
+    return int8_accuracy >= fp32_accuracy - INT8_TOLERANCE

@@ -1,0 +1,49 @@
+import numpy as np
+import onnx
+
+from model_lib.config import TrainConfig
+from model_lib.data import discover_images, split
+from model_lib.export import export_onnx
+from model_lib.models import preprocessing_for
+from model_lib.onnx_model import OnnxClassifier
+from model_lib.preprocess import normalize
+from model_lib.quantize import INT8_TOLERANCE, calibration_inputs, int8_acceptable, quantize_int8
+from model_lib.training import prepare_data, train
+from tests.images import write_dataset
+
+
+def test_int8_model_is_quantized_keeps_preprocessing_and_agrees_with_float32(tmp_path):
+    items, class_names = discover_images(write_dataset(tmp_path / "data", per_class=16))
+    train_items, val_items = split(items, 25)
+    config = TrainConfig(epochs=3, batch_size=8, image_size=32, learning_rate=0.01)
+    prep = preprocessing_for(config.architecture, config.image_size, class_names)
+    data = prepare_data(config, train_items, val_items, prep)
+    result = train(config, data, class_names)
+    fp32_path = export_onnx(result.model, tmp_path / "model.onnx", prep)
+
+    int8_path = quantize_int8(
+        fp32_path, tmp_path / "int8" / "model.onnx", calibration_inputs(data.train_pixels, prep)
+    )
+
+    ops = {node.op_type for node in onnx.load(str(int8_path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    fp32, int8 = OnnxClassifier(fp32_path), OnnxClassifier(int8_path)
+    assert int8.preprocessing == prep
+    fp32_probs = fp32.predict_proba(data.val_inputs)
+    int8_probs = int8.predict_proba(data.val_inputs)
+    assert (fp32_probs.argmax(1) == int8_probs.argmax(1)).all()
+    assert (int8_probs.argmax(1) == data.val_labels).mean() >= 0.9
+
+
+def test_calibration_uses_centre_crops_of_training_images():
+    prep = preprocessing_for("baseline_cnn", 4, ("cat", "dog"))
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 6, 6, 3), dtype=np.uint8)
+    calibration = calibration_inputs(pixels, prep, count=5)
+    assert calibration.shape == (5, 3, 4, 4)
+    np.testing.assert_array_equal(calibration, normalize(pixels[::2, 1:5, 1:5], prep))
+
+
+def test_int8_ships_only_within_the_tolerance():
+    assert int8_acceptable(0.90, 0.90 - INT8_TOLERANCE)
+    assert int8_acceptable(0.90, 0.91)
+    assert not int8_acceptable(0.90, 0.90 - INT8_TOLERANCE - 0.001)
