@@ -41,8 +41,12 @@ class TrainingProgress:
                 desc=f"epoch {event['epoch']}/{event['epochs']}",
                 unit="batch",
                 file=sys.stderr,
-                mininterval=2,
+                # In a log file (the worker's), a redraw is a new line: draw less often.
+                mininterval=2 if sys.stderr.isatty() else 15,
                 dynamic_ncols=True,
             )
-        self.bar.set_postfix(loss=f"{event['loss']:.3f}", img_s=f"{event['images_per_second']:.0f}")
+        # refresh=False: redraws follow mininterval, not every batch.
+        self.bar.set_postfix(
+            loss=f"{event['loss']:.3f}", img_s=f"{event['images_per_second']:.0f}", refresh=False
+        )
         self.bar.update(1)
