@@ -39,12 +39,16 @@ TEMPORARY_CONFIG = {"data_fraction": 0.3, "epochs": 3, "image_size": 64}
 
 # ---------------------------------------------------------------- fixtures
 def _train_temporary_model(out: Path) -> Path:
-    """A small baseline trained for real (about 2-3 minutes on 2 cores), cached by data version.
-
-    Stand-in until tests/conftest.py provides the session fixture `champion_onnx`.
-    """
+    """A small baseline trained for real (1-2 minutes on 2 cores), cached by data version,
+    model code and config. These tests judge the service, not the model: they need real
+    weights that get clear photos right, not the best ones."""
+    inputs = [
+        ROOT / "data.dvc",
+        ROOT / "model_lib" / "models.py",
+        ROOT / "model_lib" / "training.py",
+    ]
     key = hashlib.sha256(
-        ((ROOT / "data.dvc").read_text() + json.dumps(TEMPORARY_CONFIG)).encode()
+        ("".join(p.read_text() for p in inputs) + json.dumps(TEMPORARY_CONFIG)).encode()
     ).hexdigest()[:16]
     cached = ROOT / ".run" / "test-cache" / f"service-baseline-{key}.onnx"
     if cached.is_file():
@@ -73,12 +77,8 @@ export_onnx(result.model, sys.argv[2], result.preprocessing)
 
 
 @pytest.fixture(scope="session")
-def model_onnx(request, tmp_path_factory, real_data) -> Path:
-    """The lead's trained `champion_onnx` when conftest provides it, else a temporary one."""
-    try:
-        return Path(request.getfixturevalue("champion_onnx"))
-    except pytest.FixtureLookupError:
-        return _train_temporary_model(tmp_path_factory.mktemp("onnx"))
+def model_onnx(tmp_path_factory, real_data) -> Path:
+    return _train_temporary_model(tmp_path_factory.mktemp("onnx"))
 
 
 def _env(**extra) -> dict:
