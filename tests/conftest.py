@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -32,6 +33,25 @@ def real_data():
     if not (DATA / "cat").is_dir() or not (TEST_IMAGES / "dog").is_dir():
         pytest.fail("data/ and test_images/ are missing: run `make data` (dvc pull) first")
     return DATA
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A baseline trained for 3 epochs on generated two-colour images (no data needed)."""
+    from model_lib.config import TrainConfig
+    from model_lib.data import discover_images, split
+    from model_lib.models import preprocessing_for
+    from model_lib.training import prepare_data, train
+    from tests.images import write_dataset
+
+    items, class_names = discover_images(write_dataset(tmp_path / "data", per_class=16))
+    train_items, val_items = split(items, 25)
+    config = TrainConfig(epochs=3, batch_size=8, image_size=32, learning_rate=0.01)
+    prep = preprocessing_for(config.architecture, config.image_size, class_names)
+    data = prepare_data(config, train_items, val_items, prep)
+    events = []
+    result = train(config, data, class_names, on_progress=events.append)
+    return SimpleNamespace(data=data, result=result, events=events, prep=prep, val_items=val_items)
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,16 @@
 import numpy as np
 import onnx
 
-from model_lib.config import TrainConfig
-from model_lib.data import discover_images, split
 from model_lib.export import export_onnx
 from model_lib.models import preprocessing_for
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import normalize
 from model_lib.quantize import INT8_TOLERANCE, calibration_inputs, int8_acceptable, quantize_int8
-from model_lib.training import prepare_data, train
-from tests.images import write_dataset
 
 
-def test_int8_model_is_quantized_keeps_preprocessing_and_agrees_with_float32(tmp_path):
-    items, class_names = discover_images(write_dataset(tmp_path / "data", per_class=16))
-    train_items, val_items = split(items, 25)
-    config = TrainConfig(epochs=3, batch_size=8, image_size=32, learning_rate=0.01)
-    prep = preprocessing_for(config.architecture, config.image_size, class_names)
-    data = prepare_data(config, train_items, val_items, prep)
-    result = train(config, data, class_names)
-    fp32_path = export_onnx(result.model, tmp_path / "model.onnx", prep)
+def test_int8_model_is_quantized_keeps_preprocessing_and_agrees_with_float32(tmp_path, tiny_run):
+    data, prep = tiny_run.data, tiny_run.prep
+    fp32_path = export_onnx(tiny_run.result.model, tmp_path / "model.onnx", prep)
 
     int8_path = quantize_int8(
         fp32_path, tmp_path / "int8" / "model.onnx", calibration_inputs(data.train_pixels, prep)

@@ -1,12 +1,11 @@
 import numpy as np
 import torch
 
-from model_lib.config import TrainConfig
-from model_lib.data import discover_images, split
+from model_lib.data import discover_images
 from model_lib.export import PARITY_TOLERANCE, export_onnx, onnx_parity
 from model_lib.models import build_model, preprocessing_for
 from model_lib.onnx_model import OnnxClassifier
-from model_lib.training import BatchNormalizer, load_pixels, prepare_data, train
+from model_lib.training import BatchNormalizer, load_pixels
 from tests.images import write_dataset
 
 
@@ -29,17 +28,11 @@ def test_a_few_training_steps_lower_the_loss():
     assert losses[-1] < losses[0]
 
 
-def test_train_end_to_end_on_tiny_images(tmp_path):
-    items, class_names = discover_images(write_dataset(tmp_path / "data", per_class=16))
-    train_items, val_items = split(items, 25)
-    config = TrainConfig(epochs=3, batch_size=8, image_size=32, learning_rate=0.01)
-    prep = preprocessing_for(config.architecture, config.image_size, class_names)
-    data = prepare_data(config, train_items, val_items, prep)
-    events = []
-    result = train(config, data, class_names, on_progress=events.append)
+def test_train_end_to_end_on_tiny_images(tiny_run):
+    result = tiny_run.result
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert result.val_probabilities.shape == (len(val_items), 2)
-    assert sum(1 for e in events if e.get("epoch_done")) == 3
+    assert result.val_probabilities.shape == (len(tiny_run.val_items), 2)
+    assert sum(1 for e in tiny_run.events if e.get("epoch_done")) == 3
     # Two flat colours: a CNN that learns anything separates them.
     assert result.history[-1]["val_accuracy"] >= 0.9
 
