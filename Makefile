@@ -71,7 +71,7 @@ smoke:  ## start the image, classify a cat and a dog, check errors, metrics, non
 
 bench: $(VENV_STAMP)  ## serving benchmark: raw ONNX ceiling vs service vs naive PyTorch (uses wrk)
 	command -v wrk >/dev/null || apt-get install -y -q wrk
-	$(ENV) python bench/serving.py --duration 10 --clients 1,4,16 --repeat $${REPEAT:-3}
+	$(ENV) python -m bench.serving --duration 10 --clients 1,4,16 --repeat $${REPEAT:-3}
 
 screenshots: $(VENV_STAMP)  ## README screenshots of the running platform (headless Chromium)
 	command -v chromium >/dev/null || apt-get install -y -q chromium

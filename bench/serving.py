@@ -17,7 +17,7 @@ install wrk`): it costs the 2 cores far less than a Python client. Without
 wrk, or with --load python, an asyncio httpx client is used and the table
 says so (its own CPU use then lowers the figures).
 
-    . scripts/env.sh && python bench/serving.py --duration 10 --clients 1,4,16 --repeat 3
+    . scripts/env.sh && python -m bench.serving --duration 10 --clients 1,4,16 --repeat 3
 
 On a machine shared with other work, use --repeat 3: servers then alternate
 in rounds, each ratio is taken within a round (figures measured minutes
@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,8 +44,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from tests.servers import BIN, ROOT, Server, free_port  # the test suite's server runner
+
 BOUNDARY = "catdogbench0f9a8b7c6d5e4f3a"
 SOURCE = "benchmark"  # X-Catdog-Source of the benchmark's requests
 GOALS = {"service_over_ceiling": 0.60, "service_over_naive": 5.0, "p50_1_client_ms": 15.0}
@@ -72,59 +71,6 @@ class LoadResult:
 
 
 # ---------------------------------------------------------------- servers
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Process:
-    """A server in its own process group, logging to a file; stopped on exit."""
-
-    def __init__(self, name: str, args: list[str], env: dict, log_dir: Path):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, url: str, timeout: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.tail()}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"{self.name} not ready at {url} within {timeout:.0f}s:\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self._log.close()
-
-
 # ---------------------------------------------------------------- load generators
 WRK_SCRIPT = """
 local files = {%(files)s}
@@ -389,49 +335,26 @@ def service_env(bentoml_home: str | None, work: Path) -> dict:
     return env
 
 
-def start_service(port: int, env: dict, work: Path, timeout: float) -> Process:
-    server = Process(
-        "service",
-        [
-            str(BIN / "bentoml"),
-            "serve",
-            "bento.service:CatDogClassifier",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env,
-        work,
-    )
+def start_server(name: str, args: list[str], env: dict, port: int, work: Path, timeout: float):
+    """Start a server and wait for its /readyz; stopped again if it never gets ready."""
+    server = Server(name, args, work / f"{name}.log", env)
     try:
-        server.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout)
+        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout)
     except Exception:
         server.stop()
         raise
     return server
 
 
-def start_naive(port: int, model_uri: str, work: Path, timeout: float) -> Process:
-    server = Process(
-        "naive",
-        [
-            sys.executable,
-            str(ROOT / "bench" / "naive_server.py"),
-            "--model-uri",
-            model_uri,
-            "--port",
-            str(port),
-        ],
-        {**os.environ, "PYTHONPATH": str(ROOT)},
-        work,
-    )
-    try:
-        server.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout)
-    except Exception:
-        server.stop()
-        raise
-    return server
+def start_service(port: int, env: dict, work: Path, timeout: float) -> Server:
+    args = ["serve", "bento.service:CatDogClassifier", "--host", "127.0.0.1", "--port", str(port)]
+    return start_server("service", [str(BIN / "bentoml"), *args], env, port, work, timeout)
+
+
+def start_naive(port: int, model_uri: str, work: Path, timeout: float) -> Server:
+    args = [str(ROOT / "bench" / "naive_server.py"), "--model-uri", model_uri, "--port", str(port)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return start_server("naive", [sys.executable, *args], env, port, work, timeout)
 
 
 def stored_model(tag: str):

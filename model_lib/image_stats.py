@@ -29,11 +29,12 @@ _SHARPNESS_SIZE = 256
 def image_statistics(image: Image.Image, file_size: int) -> dict[str, float]:
     """Statistics of a decoded RGB image; `file_size` is the upload's byte count."""
     width, height = image.size
-    rgb = np.asarray(image, dtype=np.float32)
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    pixels = np.asarray(image, dtype=np.float32).reshape(-1, 3)
+    gray_image = image.convert("L")
+    gray = np.asarray(gray_image, dtype=np.float32)
     saturation = np.asarray(image.convert("HSV"), dtype=np.float32)[..., 1]
     small = np.asarray(
-        image.convert("L").resize((_SHARPNESS_SIZE, _SHARPNESS_SIZE), Image.Resampling.BILINEAR),
+        gray_image.resize((_SHARPNESS_SIZE, _SHARPNESS_SIZE), Image.Resampling.BILINEAR),
         dtype=np.float32,
     )
     laplacian = (
@@ -43,6 +44,7 @@ def image_statistics(image: Image.Image, file_size: int) -> dict[str, float]:
         - small[1:-1, :-2]
         - small[1:-1, 2:]
     )
+    red, green, blue = pixels.mean(axis=0)
     return {
         "width": float(width),
         "height": float(height),
@@ -50,9 +52,9 @@ def image_statistics(image: Image.Image, file_size: int) -> dict[str, float]:
         "file_size_kb": file_size / 1024,
         "brightness": float(gray.mean()),
         "contrast": float(gray.std()),
-        "mean_red": float(rgb[..., 0].mean()),
-        "mean_green": float(rgb[..., 1].mean()),
-        "mean_blue": float(rgb[..., 2].mean()),
+        "mean_red": float(red),
+        "mean_green": float(green),
+        "mean_blue": float(blue),
         "saturation": float(saturation.mean()),
         "sharpness": float(laplacian.var()),
     }
