@@ -74,8 +74,6 @@ def main() -> None:
         max_results=1,
         order_by=["attributes.start_time DESC"],
     ) or [None]
-    report = Path(client.download_artifacts(evaluation.info.run_id, "drift_report.html"))
-
     chromium_screenshot(f"{prefect}/runs", args.out / "prefect-runs.png")
     chromium_screenshot(
         f"{mlflow_url}/#/experiments/{training.experiment_id}/runs/{champion.run_id}/model-metrics",
@@ -86,7 +84,10 @@ def main() -> None:
         "/artifacts/plots/confusion_matrix.png",
         args.out / "mlflow-run-plots.png",
     )
-    chromium_screenshot(report.as_uri(), args.out / "evidently-drift-report.png", height=1400)
+    with tempfile.TemporaryDirectory(prefix="catdog-screenshots-") as tmp:
+        report = client.download_artifacts(evaluation.info.run_id, "drift_report.html", tmp)
+        shot = args.out / "evidently-drift-report.png"
+        chromium_screenshot(Path(report).as_uri(), shot, height=1400)
     chromium_screenshot(f"{service}/", args.out / "service-openapi.png")
 
 
