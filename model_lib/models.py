@@ -37,7 +37,7 @@ class BaselineCNN(nn.Module):
     sees every pixel but goes from 224x224 straight to 56x56. On two CPU cores
     the high-resolution layers are what a from-scratch CNN spends its time on;
     this stem trains 2.6x faster per epoch than a 3x3 stride-2 conv + max pool
-    (43 s vs 111 s for the full training split), and the epochs it buys are
+    (43-48 s vs 111 s for the full training split), and the epochs it buys are
     worth more than the resolution (notes in the README, Results). The 14x14
     and 7x7 stages get two convs each, where depth is cheap.
     """
