@@ -166,22 +166,22 @@ def _log_results(result, sample_inputs, class_names, out_dir):
 def quantize(prepared, preprocessing, fp32_accuracy: float, out_dir: Path, run_id: str) -> bool:
     """An INT8 copy of the exported model, logged only if it keeps its accuracy
     (`package` ships it when present). Returns whether it was logged."""
-    from model_lib.onnx_model import OnnxClassifier
     from model_lib.quantize import (
         INT8_ARTIFACT_PATH,
         INT8_TOLERANCE,
-        calibration_inputs,
         int8_acceptable,
-        quantize_int8,
+        quantize_and_score,
     )
 
-    int8_path = quantize_int8(
+    int8_path = out_dir / INT8_ARTIFACT_PATH
+    accuracy = quantize_and_score(
         out_dir / "model.onnx",
-        out_dir / INT8_ARTIFACT_PATH,
-        calibration_inputs(prepared.train_pixels, preprocessing),
+        int8_path,
+        prepared.train_pixels,
+        prepared.val_inputs,
+        prepared.val_labels,
+        preprocessing,
     )
-    probs = OnnxClassifier(int8_path).predict_proba(prepared.val_inputs)
-    accuracy = float((probs.argmax(1) == prepared.val_labels).mean())
     acceptable = int8_acceptable(fp32_accuracy, accuracy)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metric("val_accuracy_int8", accuracy)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def accuracy(probabilities: np.ndarray, labels) -> float:
+    """Share of rows whose most probable class is the label."""
+    return float((np.asarray(probabilities).argmax(1) == np.asarray(labels)).mean())
+
+
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

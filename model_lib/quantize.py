@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_lib.metrics import accuracy
 from model_lib.preprocess import Preprocessing, normalize
 
 # The INT8 model ships only if it loses at most this much validation accuracy.
@@ -81,6 +82,22 @@ def quantize_int8(
     quantized.metadata_props.extend(onnx.load(str(fp32_path)).metadata_props)
     onnx.save(quantized, str(out_path))
     return out_path
+
+
+def quantize_and_score(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    train_pixels: np.ndarray,
+    val_inputs: np.ndarray,
+    val_labels: np.ndarray,
+    prep: Preprocessing,
+) -> float:
+    """Quantize `fp32_path` to `out_path`, calibrated on `train_pixels`; returns
+    the INT8 model's accuracy on the (preprocessed) validation inputs."""
+    from model_lib.onnx_model import OnnxClassifier
+
+    quantize_int8(fp32_path, out_path, calibration_inputs(train_pixels, prep))
+    return accuracy(OnnxClassifier(out_path).predict_proba(val_inputs), val_labels)
 
 
 def int8_acceptable(fp32_accuracy: float, int8_accuracy: float) -> bool:

@@ -79,6 +79,7 @@ def champion_accuracy_on(client, model_name: str, val_items) -> tuple[str | None
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from model_lib.metrics import accuracy
     from model_lib.onnx_model import OnnxClassifier
     from model_lib.preprocess import decode_image
 
@@ -91,7 +92,7 @@ def champion_accuracy_on(client, model_name: str, val_items) -> tuple[str | None
     images = [decode_image(item.path.read_bytes()) for item in val_items]
     labels = np.asarray([item.label for item in val_items])
     probs = champion.predict_images(images)
-    return version.version, float((probs.argmax(1) == labels).mean())
+    return version.version, accuracy(probs, labels)
 
 
 def decide_promotion(candidate_accuracy, champion_version, champion_accuracy) -> PromotionDecision:

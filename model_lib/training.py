@@ -17,6 +17,7 @@ from torch import nn
 
 from model_lib.config import TrainConfig
 from model_lib.data import LabeledImage
+from model_lib.metrics import accuracy
 from model_lib.models import build_model, preprocessing_for
 from model_lib.preprocess import Preprocessing, decode_image, normalize, resize
 
@@ -138,7 +139,7 @@ def evaluate(model, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 12
     probs = np.concatenate(probabilities)
     return {
         "val_loss": total_loss / len(labels),
-        "val_accuracy": float((probs.argmax(1) == labels).mean()),
+        "val_accuracy": accuracy(probs, labels),
         "probabilities": probs,
     }
 

@@ -31,3 +31,10 @@ def test_class_never_predicted_has_zero_precision_not_nan():
 def test_latency_percentiles():
     result = latency_percentiles(range(1, 101))
     assert np.isclose(result["latency_p50_ms"], 50.5) and result["latency_p99_ms"] > 99
+
+
+def test_accuracy_counts_rows_whose_best_class_is_the_label():
+    from model_lib.metrics import accuracy
+
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert accuracy(probabilities, [0, 1, 1, 1]) == 0.75
