@@ -6,7 +6,7 @@ ENV := . scripts/env.sh &&
 VENV_STAMP := .venv/.installed
 IMAGE ?= catdog-classifier:latest
 
-.PHONY: help all setup data up down status deploy train train-transfer train-small \
+.PHONY: help all setup lock data up down status deploy train train-transfer train-small \
         package serve traffic evaluate urls containerize smoke bench screenshots \
         test test-unit lint format clean
 
@@ -17,13 +17,14 @@ all: setup up deploy train train-transfer package serve  ## the main job, end to
 	$(ENV) python scripts/traffic.py --count 60
 	@$(MAKE) --no-print-directory urls
 
-$(VENV_STAMP): pyproject.toml
-	$(PYTHON) -m venv .venv
-	.venv/bin/pip install --quiet --upgrade pip
-	.venv/bin/pip install --quiet -e '.[dev]'
+$(VENV_STAMP): requirements.lock pyproject.toml scripts/install.sh
+	PYTHON=$(PYTHON) scripts/install.sh
 	touch $@
 
-setup: $(VENV_STAMP) data  ## create .venv with the pinned stack and pull the data
+setup: $(VENV_STAMP) data  ## create .venv from requirements.lock (uv) and pull the data
+
+lock: $(VENV_STAMP)  ## re-resolve requirements.lock + bento/requirements.txt after editing pyproject.toml
+	PYTHON=$(PYTHON) UV=.venv/bin/uv scripts/lock.sh
 
 data: $(VENV_STAMP)  ## dvc pull data/ and test_images/ from the DVC remote
 	.venv/bin/dvc pull --quiet
