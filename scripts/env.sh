@@ -1,5 +1,6 @@
 # Defaults for every command of the platform; source it (`. scripts/env.sh`).
-# Each value can be overridden by exporting it before.
+# Each value can be overridden by exporting it before. Derived values (URLs,
+# state folders) follow the ports and CATDOG_RUN_DIR unless set themselves.
 CATDOG_ROOT=${CATDOG_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 export CATDOG_ROOT
 export CATDOG_RUN_DIR=${CATDOG_RUN_DIR:-$CATDOG_ROOT/.run}
@@ -8,9 +9,29 @@ export MLFLOW_PORT=${MLFLOW_PORT:-5000}
 export BENTO_PORT=${BENTO_PORT:-3000}
 export PREFECT_HOME=${PREFECT_HOME:-$CATDOG_RUN_DIR/prefect}
 export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:$PREFECT_PORT/api}
-export PREFECT_SERVER_ANALYTICS_ENABLED=false  # no telemetry: only package registries are reachable
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:$MLFLOW_PORT}
+export CATDOG_SERVICE_URL=${CATDOG_SERVICE_URL:-http://127.0.0.1:$BENTO_PORT}
 export BENTOML_HOME=${BENTOML_HOME:-$CATDOG_RUN_DIR/bentoml}
 export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-$CATDOG_RUN_DIR/inference_log.sqlite}
 export CATDOG_WORK_POOL=${CATDOG_WORK_POOL:-local}
+# How long `make up` / `make serve` wait for a service to become healthy. A cold
+# start on a slow machine took ~3 min; a real error fails at once regardless.
+export CATDOG_START_TIMEOUT=${CATDOG_START_TIMEOUT:-600}
 export PATH="$CATDOG_ROOT/.venv/bin:$PATH"
+
+# --- what the platform costs on 2 cores (README "Platform overhead") ---------
+export PREFECT_SERVER_ANALYTICS_ENABLED=false  # no telemetry: only package registries are reachable
+# MLflow: uvicorn workers (its supervisor kills workers slow to import mlflow)
+export MLFLOW_WORKERS=${MLFLOW_WORKERS:-1}
+# MLflow 3's job runner (7 huey processes) serves features this project does not use.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
+# Prefect server loops that poll the database every few seconds; a minute is
+# timely for one team's runs (a late run is flagged a minute later, at worst).
+export PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS:-60}
+export PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS:-60}
+export PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS:-60}
+export PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS:-60}
+export PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS:-60}
+export PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS:-60}
+# The scheduler's fast loop for just-created deployments (default 5 s).
+export PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS:-30}

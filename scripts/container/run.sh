@@ -3,12 +3,14 @@
 #
 #   scripts/container/run.sh IMAGE [PORT] [EXTRA RUN ARGS...]
 #
-# The service listens on http://127.0.0.1:PORT (default 3000).
-# With a Docker daemon: `docker run -d -p PORT:3000`.
+# The service listens on http://127.0.0.1:PORT (default 3000), on the loopback
+# interface only unless CATDOG_PUBLISH_HOST says otherwise (e.g. 0.0.0.0 behind
+# a firewall or load balancer).
+# With a Docker daemon: `docker run -d -p HOST:PORT:3000`.
 # Without one: podman with the workarounds this machine needs (GUIDE.md
 # section 2): runc instead of crun, cgroupfs, no default ulimits, and the
-# host network; the port is then chosen through BENTOML_PORT, which the
-# bento's entrypoint passes to `bentoml serve` (its --port default).
+# host network; the address is then chosen through BENTOML_HOST and
+# BENTOML_PORT, which `bentoml serve` reads as its --host and --port defaults.
 # CATDOG_CONTAINER_NAME overrides the generated name. Stop with
 #   docker rm -f NAME    or    scripts/container/run.sh --stop NAME
 # Progress goes to stderr; stdout is the container name only.
@@ -46,13 +48,15 @@ shift
 if [ $# -ge 1 ]; then shift; fi
 [[ "$PORT" =~ ^[0-9]+$ ]] || { echo "[run] ERROR: PORT must be a number, got '$PORT'" >&2; exit 2; }
 NAME="${CATDOG_CONTAINER_NAME:-catdog-${PORT}-$(date +%s)}"
+HOST="${CATDOG_PUBLISH_HOST:-127.0.0.1}"
 
 if have_docker; then
-    log "docker run -d --name $NAME -p $PORT:3000 $* $IMAGE"
-    id="$(docker run -d --name "$NAME" -p "${PORT}:3000" "$@" "$IMAGE")"
+    log "docker run -d --name $NAME -p $HOST:$PORT:3000 $* $IMAGE"
+    id="$(docker run -d --name "$NAME" -p "${HOST}:${PORT}:3000" "$@" "$IMAGE")"
 else
-    log "podman run -d --name $NAME --network=host -e BENTOML_PORT=$PORT $* $IMAGE"
-    id="$(podman_cmd run -d --name "$NAME" --network=host -e "BENTOML_PORT=${PORT}" "$@" "$IMAGE")"
+    log "podman run -d --name $NAME --network=host -e BENTOML_HOST=$HOST -e BENTOML_PORT=$PORT $* $IMAGE"
+    id="$(podman_cmd run -d --name "$NAME" --network=host -e "BENTOML_HOST=${HOST}" \
+        -e "BENTOML_PORT=${PORT}" "$@" "$IMAGE")"
 fi
-log "started $NAME (id ${id:0:12}): http://127.0.0.1:${PORT}"
+log "started $NAME (id ${id:0:12}): http://${HOST}:${PORT}"
 echo "$NAME"

@@ -129,16 +129,29 @@ check_label() {  # check_label IMAGE EXPECTED
 check_label "$CAT_IMG" cat
 check_label "$DOG_IMG" dog
 
+# expect_status WHAT CODE ERROR CURL-ARGS...: the exact status and "error" the README promises.
+expect_status() {
+    local what="$1" want="$2" want_error="$3" got_error
+    shift 3
+    if ! HTTP_CODE="$(curl -sS -o "$WORK/body" -w '%{http_code}' --max-time 30 "$@" "$BASE/classify")"; then
+        fail "$what: request failed"
+        return
+    fi
+    got_error="$(json_field error < "$WORK/body" 2>/dev/null || echo "(no JSON error field)")"
+    if [ "$HTTP_CODE" = "$want" ] && [ "$got_error" = "$want_error" ]; then
+        pass "$what -> HTTP $HTTP_CODE $got_error"
+    else
+        fail "$what -> HTTP $HTTP_CODE $got_error, expected $want $want_error: $(head -c 200 "$WORK/body")"
+    fi
+}
 printf 'this is not an image\n' > "$WORK/not-an-image.txt"
-if post "$WORK/not-an-image.txt" ";type=text/plain"; then
-    case "$HTTP_CODE" in
-        415) pass "non-image upload -> HTTP 415" ;;
-        4??) pass "non-image upload -> HTTP $HTTP_CODE (4xx accepted; 415 preferred): $(head -c 200 "$WORK/body")" ;;
-        *) fail "non-image upload -> HTTP $HTTP_CODE, expected 415: $(head -c 200 "$WORK/body")" ;;
-    esac
-else
-    fail "POST /classify with a text file: request failed"
-fi
+head -c 2000 "$CAT_IMG" > "$WORK/truncated.jpg"
+: > "$WORK/empty.jpg"
+expect_status "text file upload" 415 not_an_image -F "image=@$WORK/not-an-image.txt;type=text/plain"
+expect_status "truncated JPEG" 422 corrupt -F "image=@$WORK/truncated.jpg"
+expect_status "empty file" 400 empty -F "image=@$WORK/empty.jpg"
+expect_status "JSON body instead of a form" 415 unsupported_media_type -H 'Content-Type: application/json' -d '{}'
+expect_status "form without the image field" 400 missing_field -F "photo=@$CAT_IMG"
 
 # --- metrics ------------------------------------------------------------------
 if curl -sS -f --max-time 10 -o "$WORK/metrics" "$BASE/metrics"; then
@@ -156,6 +169,28 @@ if curl -sS -f --max-time 10 -o "$WORK/metrics" "$BASE/metrics"; then
     done
 else
     fail "GET /metrics failed"
+fi
+
+# --- inference log on its volume, write errors counted -------------------------
+log_errors="$(awk '$1 == "catdog_inference_log_errors_total" { v += $NF } END { print v + 0 }' "$WORK/metrics")"
+if grep -q '^catdog_inference_log_errors_total' "$WORK/metrics" && [ "$log_errors" = 0 ]; then
+    pass "/metrics catdog_inference_log_errors_total = 0"
+else
+    fail "inference log write errors: catdog_inference_log_errors_total = '$log_errors' (or missing)"
+fi
+sleep 2  # the log writer batches rows on a background thread
+if rows="$(engine exec "$NAME" python -c "import sqlite3; print(sqlite3.connect('/var/lib/catdog/inference_log.sqlite').execute('select count(*) from inferences').fetchone()[0])" 2>&1)" \
+        && [ "$rows" -ge 2 ]; then
+    pass "inference log on the volume /var/lib/catdog holds $rows rows"
+else
+    fail "inference log at /var/lib/catdog/inference_log.sqlite: $rows"
+fi
+
+# --- health check ---------------------------------------------------------------
+if health="$(engine image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE")" && [[ "$health" == *readyz* ]]; then
+    pass "image HEALTHCHECK probes /readyz"
+else
+    fail "image has no HEALTHCHECK on /readyz: $health"
 fi
 
 # --- image properties -----------------------------------------------------------

@@ -1,0 +1,175 @@
+"""Run a Prefect deployment through the worker and follow it to the end.
+
+    python scripts/run_deployment.py train/baseline [--params JSON]
+
+What `prefect deployment run NAME --watch` does, plus what a make target
+needs on a busy machine: the run's own log lines stream to the terminal, a run
+that no worker picks up within $CATDOG_PICKUP_TIMEOUT seconds is cancelled
+with a message that says why (is a worker online in the pool?), and the wait
+for the result is bounded by $CATDOG_RUN_TIMEOUT. Exit status 0 only for a
+Completed run. Talks to the Prefect REST API with httpx: no Prefect import,
+which takes a minute on a slow machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+
+import httpx
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+POLL_SECONDS = 2
+
+
+class RunProblem(RuntimeError):
+    """The run could not be started or did not complete; the message says why."""
+
+
+def say(message: str) -> None:
+    print(f"[run] {message}", flush=True)
+
+
+def env_seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name) or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise RunProblem(f"{name} must be a positive number of seconds, got {raw!r}")
+    return int(raw)
+
+
+class PrefectAPI:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def call(self, method: str, path: str, **kwargs):
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RunProblem(
+                f"the Prefect API at {self.url} does not answer ({exc}); start it with `make up`"
+            ) from None
+        if response.status_code == 404 and path.startswith("/deployments/name/"):
+            raise RunProblem(
+                f"no deployment {path.removeprefix('/deployments/name/')} on {self.url}: "
+                "register the deployments with `make deploy`"
+            )
+        if response.is_error:
+            raise RunProblem(f"{method} {path} -> {response.status_code}: {response.text[:500]}")
+        return response.json() if response.content else None
+
+    def online_workers(self, pool: str) -> list[str]:
+        workers = self.call("POST", f"/work_pools/{pool}/workers/filter", json={})
+        return [w["name"] for w in workers if w.get("status") == "ONLINE"]
+
+
+def ui_url(api_url: str, flow_run_id: str) -> str:
+    return f"{api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+
+
+def print_new_logs(api: PrefectAPI, flow_run_id: str, after: str | None) -> str | None:
+    """Print the run's log lines newer than `after`; return the newest timestamp seen."""
+    query = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC"}
+    if after:
+        query["logs"]["timestamp"] = {"after_": after}
+    for entry in api.call("POST", "/logs/filter", json={**query, "limit": 200}):
+        if entry["timestamp"] == after:
+            continue
+        stamp = entry["timestamp"][11:19]
+        print(f"  {stamp} | {entry['message']}", flush=True)
+        after = entry["timestamp"]
+    return after
+
+
+def run(name: str, parameters: dict) -> int:
+    api = PrefectAPI(os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api")
+    pickup_timeout = env_seconds("CATDOG_PICKUP_TIMEOUT", 300)
+    run_timeout = env_seconds("CATDOG_RUN_TIMEOUT", 7200)
+    deployment = api.call("GET", f"/deployments/name/{name}")
+    pool = deployment.get("work_pool_name")
+    flow_run = api.call(
+        "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters}
+    )
+    run_id = flow_run["id"]
+    say(f"{name}: flow run '{flow_run['name']}' ({run_id}) in work pool {pool!r}")
+    say(f"follow it in the UI: {ui_url(api.url, run_id)}")
+
+    started = time.monotonic()
+    state_seen, last_log = None, None
+    picked_up = False
+    while True:
+        flow_run = api.call("GET", f"/flow_runs/{run_id}")
+        state = flow_run["state"] or {"type": "SCHEDULED", "name": "Scheduled"}
+        last_log = print_new_logs(api, run_id, last_log)
+        if state["name"] != state_seen:
+            state_seen = state["name"]
+            say(f"state: {state_seen}" + (f" ({state['message']})" if state.get("message") else ""))
+        picked_up = picked_up or state["type"] not in ("SCHEDULED",)
+        if state["type"] in TERMINAL:
+            break
+        waited = time.monotonic() - started
+        if not picked_up and waited > pickup_timeout:
+            online = api.online_workers(pool) if pool else []
+            api.call(
+                "POST",
+                f"/flow_runs/{run_id}/set_state",
+                json={
+                    "state": {"type": "CANCELLED", "message": "no worker picked it up"},
+                    "force": True,
+                },
+            )
+            why = (
+                f"workers {online} are online in pool {pool!r} but busy or not polling"
+                if online
+                else f"no worker is online in work pool {pool!r}: start one with `make up` "
+                f"(log: $CATDOG_RUN_DIR/logs/worker.log)"
+            )
+            raise RunProblem(
+                f"no worker picked up flow run {run_id} within {pickup_timeout} s; {why}. "
+                "The run was cancelled so that it does not start later by surprise "
+                "(CATDOG_PICKUP_TIMEOUT sets the wait)."
+            )
+        if waited > run_timeout:
+            raise RunProblem(
+                f"flow run {run_id} is still {state['name']} after {run_timeout} s; it goes on "
+                f"in the worker: follow it at {ui_url(api.url, run_id)} (CATDOG_RUN_TIMEOUT sets "
+                "this wait)"
+            )
+        time.sleep(POLL_SECONDS)
+
+    print_new_logs(api, run_id, last_log)
+    elapsed = time.monotonic() - started
+    if state["type"] != "COMPLETED":
+        raise RunProblem(
+            f"{name} ended {state['name']} after {elapsed:.0f} s: {state.get('message') or ''}"
+            f" (logs: {ui_url(api.url, run_id)})"
+        )
+    say(f"{name}: Completed in {elapsed:.0f} s ({datetime.now(UTC):%H:%M:%S} UTC)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("deployment", help="FLOW/DEPLOYMENT, e.g. train/baseline")
+    parser.add_argument("--params", default="{}", help="JSON object of flow parameters")
+    args = parser.parse_args(argv)
+    try:
+        parameters = json.loads(args.params)
+        if not isinstance(parameters, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        print(f"[run] ERROR: --params must be a JSON object ({exc})", file=sys.stderr)
+        return 2
+    try:
+        return run(args.deployment, parameters)
+    except RunProblem as problem:
+        print(f"[run] ERROR: {problem}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

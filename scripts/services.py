@@ -1,0 +1,453 @@
+"""Start, stop and inspect the platform's background services.
+
+    python scripts/services.py up|serve|down|status      (make up / serve / down / status)
+
+Every service runs in its own session (so it outlives this command and stops
+as a group), with its pid file and log under $CATDOG_RUN_DIR. Settings come
+from the environment that scripts/env.sh exports.
+
+Made for slow and busy machines: a cold start may take minutes (waited for,
+with progress, up to $CATDOG_START_TIMEOUT seconds), while a real error fails
+at once: the process exited, its port is held by another program, or its log
+shows a fatal error. A pid file is trusted only while that pid still runs the
+command it was started with, so `down` never signals an unrelated process.
+
+Standard library only: this runs before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRESS_EVERY_SECONDS = 15
+# Lines that mean the process will never become healthy; seen in these servers' logs.
+COMMON_FATAL = ("[Errno 98]", "address already in use", "ModuleNotFoundError: ")
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or stopped; the message says what to do."""
+
+
+def log(message: str) -> None:
+    print(f"[services] {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    argv: list[str]
+    port: int | None = None
+    health_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    fatal: tuple[str, ...] = ()
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def pid_file(self) -> Path:
+        return run_dir() / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return run_dir() / "logs" / f"{self.name}.log"
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("CATDOG_RUN_DIR") or ROOT / ".run")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name) or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ServiceError(f"{name} must be a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+# ------------------------------------------------------------------ processes
+def command_line(pid: int) -> list[str] | None:
+    """The argv of a process: None when there is no such process, [] for a zombie."""
+    for _ in range(40):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return None
+        if raw or state == "Z":
+            return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        time.sleep(0.05)  # a process that is exec'ing shows an empty cmdline for a moment
+    return []
+
+
+def runs_command(pid: int, argv: list[str]) -> bool:
+    """Whether `pid` runs `argv` (a console script shows up as `python SCRIPT args...`)."""
+    actual = command_line(pid)
+    if not actual:
+        return False
+    tail = argv[1:]
+    program_seen = any(
+        Path(part).name == Path(argv[0]).name for part in actual[: -len(tail) or None]
+    )
+    return program_seen and (not tail or actual[-len(tail) :] == tail)
+
+
+def owned_pid(service: Service) -> int | None:
+    """The pid in the service's pid file, if that process still runs the service."""
+    try:
+        recorded = json.loads(service.pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = recorded.get("pid") if isinstance(recorded, dict) else None
+    if not isinstance(pid, int):
+        return None
+    if runs_command(pid, recorded.get("argv") or service.argv):
+        return pid
+    now = command_line(pid)
+    what = f"is now `{' '.join(now)[:120]}`" if now else "has exited"
+    log(f"{service.name}: stale pid file {service.pid_file} (pid {pid} {what}); ignoring it")
+    service.pid_file.unlink(missing_ok=True)
+    return None
+
+
+def descendants(pid: int) -> set[int]:
+    """`pid` and every process below it (a server may listen from a child process)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        if current not in found:
+            found.add(current)
+            todo.extend(children.get(current, []))
+    return found
+
+
+def listener_pids(port: int) -> set[int] | None:
+    """Pids listening on TCP `port` (empty set: none; None: something listens, owner unknown)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(parts[9])
+    if not inodes:
+        return set()
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    pids = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) in wanted for fd in fd_dir.iterdir()):
+                pids.add(int(fd_dir.parent.name))
+        except OSError:
+            continue
+    return pids or None
+
+
+def describe(pid: int) -> str:
+    argv = command_line(pid)
+    return f"pid {pid} (`{' '.join(argv)[:160]}`)" if argv else f"pid {pid}"
+
+
+def check_port_free(service: Service) -> None:
+    if service.port is None:
+        return
+    holders = listener_pids(service.port)
+    if holders == set():
+        return
+    who = (
+        ", ".join(describe(pid) for pid in sorted(holders)) if holders else "another user's process"
+    )
+    raise ServiceError(
+        f"{service.name} cannot start: port {service.port} is already held by {who}. "
+        f"Stop that program, or give {service.name} another port "
+        f"(e.g. {port_variable(service)}=...; see scripts/env.sh)."
+    )
+
+
+def port_variable(service: Service) -> str:
+    return {"mlflow": "MLFLOW_PORT", "prefect-server": "PREFECT_PORT"}.get(
+        service.name, "BENTO_PORT"
+    )
+
+
+def log_tail(service: Service, lines: int = 25) -> str:
+    try:
+        text = service.log_file.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def fatal_line(service: Service) -> str | None:
+    try:
+        text = service.log_file.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        lowered = line.lower()
+        if any(p.lower() in lowered for p in (*COMMON_FATAL, *service.fatal)):
+            return line.strip()
+    return None
+
+
+# ------------------------------------------------------------------ start / stop
+def start(service: Service) -> int:
+    """Start `service` unless it already runs; returns its pid."""
+    pid = owned_pid(service)
+    if pid is not None:
+        log(f"{service.name} already running (pid {pid})")
+        return pid
+    check_port_free(service)
+    service.log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(service.log_file, "ab") as log_handle:
+        process = subprocess.Popen(
+            service.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **service.env},
+            start_new_session=True,
+        )
+    service.pid_file.write_text(json.dumps({"pid": process.pid, "argv": service.argv}))
+    log(f"started {service.name} (pid {process.pid}), log: {service.log_file}")
+    return process.pid
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_until(service: Service, ready, what: str) -> None:
+    """Poll `ready()` until it is true; fail at once when the service cannot get there."""
+    timeout = env_int("CATDOG_START_TIMEOUT", 600)
+    started = time.monotonic()
+    next_progress = started + PROGRESS_EVERY_SECONDS
+    while not ready():
+        elapsed = time.monotonic() - started
+        pid = owned_pid(service)
+        if pid is None:
+            raise ServiceError(
+                f"{service.name} exited during start-up; last lines of {service.log_file}:\n"
+                f"{log_tail(service)}"
+            )
+        line = fatal_line(service)
+        if line is not None:
+            stop(service)
+            raise ServiceError(
+                f"{service.name} failed to start: {line}\nlast lines of {service.log_file}:\n"
+                f"{log_tail(service)}"
+            )
+        if elapsed > timeout:
+            raise ServiceError(
+                f"{service.name} still not {what} after {timeout} s (it is running, pid {pid}); "
+                f"a slow machine may need more: CATDOG_START_TIMEOUT=1200. "
+                f"Last lines of {service.log_file}:\n{log_tail(service)}"
+            )
+        if time.monotonic() >= next_progress:
+            log(f"  waiting for {service.name} to be {what}: {elapsed:.0f} s of up to {timeout} s")
+            next_progress += PROGRESS_EVERY_SECONDS
+        time.sleep(1)
+    log(f"{service.name} {what} (waited {time.monotonic() - started:.0f} s)")
+
+
+def wait_healthy(service: Service) -> None:
+    wait_until(service, lambda: healthy(service.health_url), f"healthy at {service.health_url}")
+
+
+def stop(service: Service, grace_seconds: float = 20) -> None:
+    pid = owned_pid(service)
+    if pid is None:
+        service.pid_file.unlink(missing_ok=True)
+        return
+    try:
+        os.killpg(pid, service.stop_signal)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and command_line(pid) is not None:
+        time.sleep(0.25)
+        reap(pid)
+    if command_line(pid) is not None:
+        log(f"{service.name} did not stop within {grace_seconds:.0f} s: SIGKILL")
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    service.pid_file.unlink(missing_ok=True)
+    log(f"stopped {service.name}")
+
+
+def reap(pid: int) -> None:
+    """Collect `pid` if it is our own child (a service started by this same command)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+# ------------------------------------------------------------------ the platform
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def services() -> dict[str, Service]:
+    env = os.environ
+    state = run_dir()
+    mlflow_port, prefect_port = int(env["MLFLOW_PORT"]), int(env["PREFECT_PORT"])
+    bento_port = int(env["BENTO_PORT"])
+    mlflow_dir = state / "mlflow"
+    return {
+        "mlflow": Service(
+            "mlflow",
+            [
+                bin_path("mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--backend-store-uri",
+                f"sqlite:///{mlflow_dir}/mlflow.db",
+                "--artifacts-destination",
+                str(mlflow_dir / "artifacts"),
+                # uvicorn's supervisor kills a worker that is slow to import mlflow;
+                # one or two workers are plenty for one team's tracking.
+                "--workers",
+                str(env_int("MLFLOW_WORKERS", 1)),
+            ],
+            port=mlflow_port,
+            health_url=f"http://127.0.0.1:{mlflow_port}/health",
+        ),
+        "prefect-server": Service(
+            "prefect-server",
+            [
+                bin_path("prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(prefect_port),
+            ],
+            port=prefect_port,
+            health_url=f"http://127.0.0.1:{prefect_port}/api/health",
+        ),
+        "worker": Service(
+            "worker",
+            [
+                bin_path("prefect"),
+                "worker",
+                "start",
+                "--pool",
+                env["CATDOG_WORK_POOL"],
+                "--type",
+                "process",
+                # A name of its own, so `up` can tell this worker's heartbeat from
+                # the last heartbeat of a worker that was just stopped.
+                "--name",
+                f"{socket.gethostname()}-{os.getpid()}",
+            ],
+            # A worker whose server has gone may ignore SIGTERM for a while; SIGINT stops it.
+            stop_signal=signal.SIGINT,
+        ),
+        "bento": Service(
+            "bento",
+            [bin_path("bentoml"), "serve", "--host", "127.0.0.1", "--port", str(bento_port)],
+            port=bento_port,
+            health_url=f"http://127.0.0.1:{bento_port}/readyz",
+            # The service logs why it cannot become ready (bento/service.py).
+            fatal=('"event":"model_missing"', '"event":"model_unavailable"'),
+        ),
+    }
+
+
+def worker_online(pool: str, name: str) -> bool:
+    """Whether the Prefect API lists worker `name` online in `pool`."""
+    url = f"{os.environ['PREFECT_API_URL']}/work_pools/{pool}/workers/filter"
+    request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            workers = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return any(w.get("name") == name and w.get("status") == "ONLINE" for w in workers)
+
+
+def up() -> None:
+    platform = services()
+    for service in platform.values():  # every port first: fail before starting anything
+        if service.name != "bento" and owned_pid(service) is None:
+            check_port_free(service)
+    for name in ("mlflow", "prefect-server"):
+        start(platform[name])  # both start at once; their cold starts overlap
+    for name in ("prefect-server", "mlflow"):
+        wait_healthy(platform[name])
+    worker = platform["worker"]
+    start(worker)
+    argv = json.loads(worker.pid_file.read_text())["argv"]  # the running worker's own
+    pool, name = argv[argv.index("--pool") + 1], argv[argv.index("--name") + 1]
+    wait_until(worker, lambda: worker_online(pool, name), f"online in work pool {pool!r}")
+
+
+def serve() -> None:
+    # A running service keeps the model it loaded: restart it so the latest
+    # packaged champion is served.
+    bento = services()["bento"]
+    if owned_pid(bento) is not None:
+        log("restarting bento to load the latest packaged model")
+        stop(bento)
+    start(bento)
+    wait_healthy(bento)
+
+
+def down() -> None:
+    platform = services()
+    for name in ("worker", "bento", "prefect-server", "mlflow"):
+        stop(platform[name])
+
+
+def status() -> None:
+    for service in services().values():
+        pid = owned_pid(service)
+        print(f"{service.name}: {f'running (pid {pid})' if pid else 'stopped'}")
+
+
+def main(argv: list[str]) -> int:
+    actions = {"up": up, "serve": serve, "down": down, "status": status}
+    if len(argv) != 1 or argv[0] not in actions:
+        print(f"usage: {Path(__file__).name} {'|'.join(actions)}", file=sys.stderr)
+        return 2
+    (run_dir() / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        actions[argv[0]]()
+    except ServiceError as error:
+        print(f"[services] ERROR: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

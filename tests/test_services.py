@@ -1,0 +1,127 @@
+"""scripts/services.py without starting the platform: pid files, ports, fatal logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scripts import services
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CATDOG_RUN_DIR", str(tmp_path))
+    (tmp_path / "logs").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def sleeper():
+    """An unrelated program whose pid a stale pid file could hold."""
+    process = subprocess.Popen(["sleep", "300"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_pid_file_of_another_program_is_stale_and_never_signalled(run_dir, sleeper, capsys):
+    service = services.Service("mlflow", [sys.executable, "-m", "mlflow", "server"])
+    service.pid_file.write_text(json.dumps({"pid": sleeper.pid, "argv": service.argv}))
+
+    services.stop(service)
+
+    assert sleeper.poll() is None, "stop() signalled a process that is not the service"
+    assert not service.pid_file.exists()
+    assert f"stale pid file {service.pid_file} (pid {sleeper.pid} is now `sleep 300`)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_pid_file_of_the_service_is_trusted_and_stopped(run_dir):
+    service = services.Service("sleeper", ["sleep", "300"], stop_signal=signal.SIGTERM)
+    pid = services.start(service)
+    assert services.owned_pid(service) == pid
+    services.stop(service)
+    assert services.command_line(pid) in (None, [])  # gone (or a zombie of this test)
+    assert not service.pid_file.exists()
+
+
+def test_port_held_by_a_foreign_process_names_it(run_dir):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',0));"
+            "s.listen(); print(s.getsockname()[1], flush=True); time.sleep(300)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(holder.stdout.readline())
+        service = services.Service("mlflow", ["mlflow", "server"], port=port)
+        with pytest.raises(services.ServiceError) as error:
+            services.start(service)
+        message = str(error.value)
+        assert f"port {port} is already held by pid {holder.pid}" in message
+        assert "socket.socket()" in message  # the holder's command line
+        assert "MLFLOW_PORT" in message
+        assert not service.pid_file.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_free_port_passes():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert services.listener_pids(port) == set()
+    services.check_port_free(services.Service("x", ["x"], port=port))
+
+
+def test_process_exit_during_start_fails_at_once_with_the_log(run_dir, monkeypatch):
+    monkeypatch.setenv("CATDOG_START_TIMEOUT", "600")
+    service = services.Service(
+        "broken",
+        [sys.executable, "-c", "import sys; print('cannot open the database'); sys.exit(3)"],
+        health_url="http://127.0.0.1:9/health",
+    )
+    services.start(service)
+    started = time.monotonic()
+    with pytest.raises(services.ServiceError, match="exited during start-up") as error:
+        services.wait_healthy(service)
+    assert time.monotonic() - started < 30
+    assert "cannot open the database" in str(error.value)
+
+
+def test_fatal_log_line_fails_at_once(run_dir, monkeypatch):
+    monkeypatch.setenv("CATDOG_START_TIMEOUT", "600")
+    service = services.Service(
+        "bento",
+        [
+            sys.executable,
+            "-c",
+            'import time; print(\'{"event":"model_missing"}\', flush=True);time.sleep(300)',
+        ],
+        health_url="http://127.0.0.1:9/readyz",
+        fatal=('"event":"model_missing"',),
+    )
+    pid = services.start(service)
+    started = time.monotonic()
+    with pytest.raises(services.ServiceError, match="failed to start: .*model_missing"):
+        services.wait_healthy(service)
+    assert time.monotonic() - started < 30
+    assert services.command_line(pid) in (None, [])  # stopped, not left running
+
+
+def test_start_timeout_must_be_a_positive_number(monkeypatch):
+    monkeypatch.setenv("CATDOG_START_TIMEOUT", "soon")
+    with pytest.raises(services.ServiceError, match="CATDOG_START_TIMEOUT must be"):
+        services.env_int("CATDOG_START_TIMEOUT", 600)
