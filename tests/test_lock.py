@@ -1,0 +1,57 @@
+"""The service's dependencies are pinned once: pyproject's [serve] extra names them,
+requirements.lock fixes their versions, bento/requirements.txt (the bento and its
+image) is generated from that lock (`make lock`)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", re.MULTILINE)
+
+
+def pins(path: Path) -> dict[str, str]:
+    return {
+        name.lower().replace("_", "-"): version for name, version in PIN.findall(path.read_text())
+    }
+
+
+def test_bento_requirements_are_the_locked_versions():
+    locked = pins(ROOT / "requirements.lock")
+    bento = pins(ROOT / "bento/requirements.txt")
+    assert bento, "bento/requirements.txt pins nothing"
+    differ = {
+        name: (version, locked.get(name))
+        for name, version in bento.items()
+        if locked.get(name) != version
+    }
+    assert not differ, (
+        f"bento/requirements.txt differs from requirements.lock: {differ}; run make lock"
+    )
+
+
+def test_every_serve_dependency_is_in_the_bento_and_nothing_heavy_is():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    bento = pins(ROOT / "bento/requirements.txt")
+    for requirement in extras["serve"]:
+        name = re.split(r"[=<>\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in bento, f"[serve] dependency {name} is missing from bento/requirements.txt"
+    assert not {"torch", "torchvision", "pandas", "mlflow", "prefect"} & set(bento)
+
+
+def test_lock_pins_every_direct_dependency_exactly():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    locked = pins(ROOT / "requirements.lock")
+    for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        name = re.split(r"[=<>\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        if name == "catdog-mlops":
+            continue
+        assert name in locked, f"{name} is not in requirements.lock: run make lock"
+        if "==" in requirement:
+            assert locked[name] == requirement.split("==")[1], (
+                f"{name}: lock differs from pyproject"
+            )
