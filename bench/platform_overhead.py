@@ -3,7 +3,9 @@
     . scripts/env.sh && python -m bench.platform_overhead --rounds 3     (make bench-platform)
 
 1. Idle: CPU time of each running service (its whole process group, children
-   included, read from /proc) over --idle-seconds, as % of one core.
+   included, read from /proc) over --idle-seconds, as % of one core, with the
+   project's settings (scripts/env.sh) and with the servers' own defaults
+   (MLflow's 4 workers and job runner, Prefect's loop intervals), alternating.
 2. Training: a fixed workload (--steps SGD steps of the baseline CNN on a
    synthetic batch of 64 at 224 px, one process, all cores) timed with the
    platform stopped and with it running, alternating in --rounds rounds so
@@ -11,7 +13,8 @@
    "running" runs is reported too.
 
 It stops and starts the platform of $CATDOG_RUN_DIR itself (scripts/services.py),
-and leaves it running at the end.
+and leaves it running at the end. CPU seconds of a service hardly depend on other
+load; the training ratio does: read it with the load average it prints.
 """
 
 from __future__ import annotations
@@ -96,6 +99,28 @@ def table(rows: list[tuple], header: tuple) -> str:
     return "\n".join(lines)
 
 
+# What the servers run with when this project's settings (scripts/env.sh) are not applied.
+UPSTREAM = {"MLFLOW_WORKERS": "4", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}
+PROJECT_ONLY_PREFIX = "PREFECT_SERVER_SERVICES_"
+
+
+def restart(settings: str) -> dict[str, int]:
+    """Restart the platform with the project's settings or the servers' own defaults."""
+    services.down()
+    saved = dict(os.environ)
+    if settings == "upstream":
+        for key in [k for k in os.environ if k.startswith(PROJECT_ONLY_PREFIX)]:
+            del os.environ[key]
+        os.environ.update(UPSTREAM)
+    try:
+        services.up()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    time.sleep(15)  # start-up work (migrations, first scheduler passes) is not idle cost
+    return running_services()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--idle-seconds", type=float, default=60)
@@ -103,23 +128,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
-    services.up()
-    time.sleep(10)  # let start-up work (migrations, first scheduler pass) finish
-    pids = running_services()
-    print(f"idle: measuring {sorted(pids)} for {args.idle_seconds:.0f} s ...", flush=True)
-    _, idle = cpu_during(lambda: time.sleep(args.idle_seconds), pids)
+    idle = {"project": {}, "upstream": {}}
+    for round_number in range(1, args.rounds + 1):
+        for settings in ("upstream", "project"):
+            pids = restart(settings)
+            print(
+                f"idle round {round_number}, {settings} settings: {args.idle_seconds:.0f} s",
+                flush=True,
+            )
+            _, cpu = cpu_during(lambda: time.sleep(args.idle_seconds), pids)
+            for name, share in cpu.items():
+                idle[settings].setdefault(name, []).append(share)
 
-    ratios, during = [], {name: [] for name in pids}
-    rows = []
+    ratios, during, rows = [], {}, []
     for round_number in range(1, args.rounds + 1):
         services.down()
         alone = train_seconds(args.steps)
-        services.up()
-        time.sleep(10)
-        pids = running_services()
+        pids = restart("project")
         beside, cpu = cpu_during(lambda: train_seconds(args.steps), pids)
         for name, share in cpu.items():
-            during[name].append(share)
+            during.setdefault(name, []).append(share)
         ratios.append(alone / beside)
         rows.append(
             (
@@ -129,25 +157,43 @@ def main(argv: list[str] | None = None) -> int:
                 f"{alone / beside:.3f}",
             )
         )
-        print(f"round {round_number}: alone {alone:.1f} s, beside the platform {beside:.1f} s")
+        print(
+            f"round {round_number}: alone {alone:.1f} s, beside the platform {beside:.1f} s",
+            flush=True,
+        )
 
-    print("\nPlatform CPU, % of one core (idle; median while training):")
+    def median(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f}"
+
+    names = list(idle["project"])
+    print(f"\nPlatform CPU, % of one core, medians of {args.rounds} rounds:")
     print(
         table(
-            [(name, f"{idle[name]:.1f}", f"{statistics.median(during[name]):.1f}") for name in pids]
+            [
+                (
+                    name,
+                    median(idle["upstream"][name]),
+                    median(idle["project"][name]),
+                    median(during[name]),
+                )
+                for name in names
+            ]
             + [
                 (
                     "total",
-                    f"{sum(idle.values()):.1f}",
-                    f"{sum(statistics.median(v) for v in during.values()):.1f}",
+                    *(
+                        f"{sum(statistics.median(v) for v in column.values()):.1f}"
+                        for column in (idle["upstream"], idle["project"], during)
+                    ),
                 )
             ],
-            ("service", "idle", "during training"),
+            ("service", "idle, servers' defaults", "idle, scripts/env.sh", "while training"),
         )
     )
     print(f"\nTraining (baseline CNN, batch 64, 224 px, {args.steps} steps), images/s:")
     print(table(rows, ("round", "platform stopped", "platform running", "ratio")))
     print(f"median ratio (running / stopped speed): {statistics.median(ratios):.3f}")
+    print(f"load average at the end: {os.getloadavg()}")
     return 0
 
 
