@@ -77,10 +77,11 @@ class MicroBatcher:
                 outputs = await loop.run_in_executor(self._executor, self._predict, batch)
                 if len(outputs) != len(items):
                     raise RuntimeError(f"the model returned {len(outputs)} rows for {len(items)}")
+            except asyncio.CancelledError:  # stop(): the requests of this call get an answer
+                _fail(items, RuntimeError("the service is shutting down"))
+                raise
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
+                _fail(items, exc)
                 continue
             for (_, future), output in zip(items, outputs, strict=True):
                 if not future.done():
@@ -90,8 +91,14 @@ class MicroBatcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        queued = []
         while self._queue is not None and not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            if not future.done():
-                future.set_exception(RuntimeError("the service is shutting down"))
+            queued.append(self._queue.get_nowait())
+        _fail(queued, RuntimeError("the service is shutting down"))
         self._executor.shutdown(wait=True)
+
+
+def _fail(items, exc: BaseException) -> None:
+    for _, future in items:
+        if not future.done():
+            future.set_exception(exc)

@@ -73,7 +73,7 @@ class CatDogClassifier:
 
     def load_model(self) -> None:
         try:
-            stored = served_model(type(self).model_ref, self.bento)
+            stored = served_model(type(self).model_ref, CatDogClassifier.bento)  # bento: if built
         except ModelMissing as exc:
             self.unavailable = str(exc)
             return log_once("model_missing", self.unavailable)
