@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from bench.servers import BIN, ROOT, Server, free_port, run
+from tests.integration.service_runner import train_temporary_model
 
 
 @pytest.fixture(scope="session")
@@ -183,3 +184,9 @@ def latest_flow_run(platform, flow_name: str) -> dict:
         },
     )
     return flow_run
+
+
+@pytest.fixture(scope="session")
+def model_onnx(tmp_path_factory, real_data):
+    """A small real baseline (cached under .run/test-cache) for the service tests."""
+    return train_temporary_model(tmp_path_factory.mktemp("onnx"))
