@@ -30,6 +30,7 @@ from model_lib.monitoring import inference_frame
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import decode_image, to_model_input
 from tests.conftest import TEST_IMAGES
+from tests.images import multipart_body
 from tests.integration.service_runner import MLFLOW_VERSION, save_to_store, serving, store_env
 
 TEN_MB = 10 * 1024 * 1024
@@ -198,17 +199,6 @@ def test_exif_rotated_photo_is_classified_upright(url):
 
 
 # ---------------------------------------------------------------- bad requests
-def _multipart(parts: list[tuple[str, str | None, bytes]], boundary="testboundary42") -> bytes:
-    out = b""
-    for name, filename, data in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
-        out += data + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
-
-
 @functools.cache
 def _bomb_png() -> bytes:
     return encode(Image.new("L", (8000, 6000)), "PNG")  # 48 MP in ~50 kB
@@ -264,7 +254,7 @@ def bad_requests() -> dict[str, tuple[dict, int, str]]:
         ),
         "two_image_fields": (
             {
-                "content": _multipart([("image", None, jpeg), ("image", None, jpeg)]),
+                "content": multipart_body(("image", None, jpeg), ("image", None, jpeg)),
                 "headers": {"Content-Type": mp},
             },
             400,
@@ -304,7 +294,7 @@ def bad_requests() -> dict[str, tuple[dict, int, str]]:
         ),
         "unterminated_multipart": (
             {
-                "content": _multipart([("image", "a.jpg", jpeg)])[:-30],
+                "content": multipart_body(("image", "a.jpg", jpeg))[:-30],
                 "headers": {"Content-Type": mp},
             },
             400,

@@ -8,23 +8,11 @@ import pytest
 
 from bento.errors import RequestError
 from bento.upload import FORM_OVERHEAD_BYTES, MAX_FORM_PARTS, Body, check_headers, read_image
+from tests.images import BOUNDARY, multipart_body
 
-BOUNDARY = "testboundary42"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 MAX_UPLOAD = 1000
 PHOTO = bytes(range(256)) * 3  # any bytes: the parser never looks inside the file
-
-
-def form(*parts: tuple[str, str | None, bytes]) -> bytes:
-    """(field name, filename or None, content) -> a multipart body."""
-    out = b""
-    for name, filename, content in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
-        out += content + b"\r\n"
-    return out + f"--{BOUNDARY}--\r\n".encode()
 
 
 class Receiver:
@@ -69,12 +57,12 @@ def refused(call) -> tuple[int, str]:
 @pytest.mark.parametrize("chunk", [1, 7, 4096])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_the_image_comes_back_byte_for_byte(chunk, chunked):
-    body = form(("note", None, b"hello"), ("image", "cat.jpg", PHOTO))
+    body = multipart_body(("note", None, b"hello"), ("image", "cat.jpg", PHOTO))
     assert upload(body, chunk=chunk, chunked=chunked) == PHOTO
 
 
 def test_an_image_field_without_filename_is_accepted():
-    assert upload(form(("image", None, PHOTO))) == PHOTO
+    assert upload(multipart_body(("image", None, PHOTO))) == PHOTO
 
 
 @pytest.mark.parametrize(
@@ -119,12 +107,20 @@ def test_content_length_at_the_limit_is_not_refused_from_the_headers():
 @pytest.mark.parametrize(
     "body, reason, status",
     [
-        (form(("image", "big.jpg", b"x" * (MAX_UPLOAD + 1))), "too_large", 413),
-        (form(("photo", "cat.jpg", PHOTO)), "missing_field", 400),
-        (form(("image", "a.jpg", PHOTO), ("image2", "b.jpg", PHOTO)), "too_many_files", 400),
-        (form(("image", None, PHOTO), ("image", None, PHOTO)), "too_many_files", 400),
-        (form(*[(f"f{i}", None, b"v") for i in range(MAX_FORM_PARTS + 1)]), "too_many_parts", 400),
-        (form(("image", "a.jpg", PHOTO))[:-30], "malformed_multipart", 400),
+        (multipart_body(("image", "big.jpg", b"x" * (MAX_UPLOAD + 1))), "too_large", 413),
+        (multipart_body(("photo", "cat.jpg", PHOTO)), "missing_field", 400),
+        (
+            multipart_body(("image", "a.jpg", PHOTO), ("image2", "b.jpg", PHOTO)),
+            "too_many_files",
+            400,
+        ),
+        (multipart_body(("image", None, PHOTO), ("image", None, PHOTO)), "too_many_files", 400),
+        (
+            multipart_body(*[(f"f{i}", None, b"v") for i in range(MAX_FORM_PARTS + 1)]),
+            "too_many_parts",
+            400,
+        ),
+        (multipart_body(("image", "a.jpg", PHOTO))[:-30], "malformed_multipart", 400),
         (b"this is not multipart at all", "malformed_multipart", 400),
     ],
     ids=[
@@ -142,7 +138,7 @@ def test_refused_while_reading_the_body(body, reason, status):
 
 
 def test_a_chunked_body_over_the_limit_is_refused_while_it_streams():
-    body = form(("image", "big.jpg", b"x" * (MAX_UPLOAD + FORM_OVERHEAD_BYTES)))
+    body = multipart_body(("image", "big.jpg", b"x" * (MAX_UPLOAD + FORM_OVERHEAD_BYTES)))
     receive = Receiver(body, chunk=4096)
     headers = {"content-type": MULTIPART, "transfer-encoding": "chunked"}
     assert refused(lambda: asyncio.run(parse(headers, receive))) == (413, "too_large")
@@ -154,7 +150,7 @@ def test_an_empty_chunked_body_is_an_empty_body():
 
 
 def test_a_client_that_disconnects_mid_upload():
-    body = form(("image", "cat.jpg", PHOTO))
+    body = multipart_body(("image", "cat.jpg", PHOTO))
     assert refused(lambda: upload(body, disconnect_at=len(body) // 2)) == (
         400,
         "client_disconnected",
