@@ -39,7 +39,7 @@ def register_champion(experiment_id: str, run, onnx_path, int8_path=None) -> str
         )
         if int8_path is not None:
             mlflow.log_artifact(str(int8_path), "int8")
-    version = mlflow.register_model(info.model_uri, MODEL_NAME).version
+    version = str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
     MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, version)
     return version
 
