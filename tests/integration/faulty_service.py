@@ -20,7 +20,8 @@ _predict_proba = OnnxClassifier.predict_proba
 
 def predict_proba(self, batch: np.ndarray, *args, **kwargs) -> np.ndarray:
     fault = os.environ.get("TEST_MODEL_FAULT", "")
-    if fault == "always" or (fault == "flat" and np.ptp(batch) == 0):
+    flat = np.all(np.ptp(batch, axis=(-2, -1)) == 0)  # every channel of one value
+    if fault == "always" or (fault == "flat" and flat):
         raise RuntimeError("injected model failure")
     time.sleep(float(os.environ.get("TEST_MODEL_DELAY", "0")))
     return _predict_proba(self, batch, *args, **kwargs)
