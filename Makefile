@@ -10,7 +10,7 @@ IMAGE ?= catdog-classifier:latest
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
         package serve traffic evaluate urls containerize smoke bench bench-platform screenshots \
-        test test-unit lint format clean
+        test test-unit test-data test-model test-integration lint format clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -89,11 +89,20 @@ urls:  ## where everything is, and how to stop it
 	echo "  Service docs   http://127.0.0.1:$$BENTO_PORT    (curl -F image=@test_images/cat/cat.5000.jpg http://127.0.0.1:$$BENTO_PORT/classify)"; \
 	echo "  Stop all:      make down     (state stays in $$CATDOG_RUN_DIR; make clean deletes it)"
 
-test: setup  ## all tests (unit + integration; the integration ones start real servers)
+test: setup  ## every tier below (the integration ones start real servers)
 	.venv/bin/pytest -v
 
-test-unit: $(VENV_STAMP)  ## fast tests only
-	.venv/bin/pytest -m "not integration"
+test-unit: $(VENV_STAMP)  ## no data, no training, no servers: passes before `make data`
+	.venv/bin/pytest tests/unit
+
+test-data: $(VENV_STAMP)  ## tests of and on the DVC-pulled photos (needs `make data`)
+	.venv/bin/pytest tests/data
+
+test-model: $(VENV_STAMP)  ## train, export and quantize small models (weights checks use real photos)
+	.venv/bin/pytest tests/model
+
+test-integration: $(VENV_STAMP)  ## real MLflow, Prefect and BentoML servers over HTTP (minutes)
+	.venv/bin/pytest tests/integration
 
 lint: $(VENV_STAMP)  ## ruff lint + format check
 	.venv/bin/ruff check .

@@ -15,17 +15,16 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import mlflow
+from mlflow import MlflowClient
+
+from bench.servers import ROOT
 from bench.serving import raw_ceiling
-from tests.servers import ROOT
+from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
+from model_lib.quantize import INT8_ARTIFACT_PATH
 
 
 def champion_files(model_name: str, folder: Path) -> tuple[dict[str, Path], dict[str, float]]:
-    import mlflow
-    from mlflow import MlflowClient
-
-    from model_lib.quantize import INT8_ARTIFACT_PATH
-    from model_lib.tracking import CHAMPION_ALIAS
-
     client = MlflowClient()
     champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
     fp32 = mlflow.artifacts.download_artifacts(
@@ -42,7 +41,7 @@ def champion_files(model_name: str, folder: Path) -> tuple[dict[str, Path], dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-name", default="catdog-classifier")
+    parser.add_argument("--model-name", default=MODEL_NAME)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per layout")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--images", type=Path, default=ROOT / "test_images")

@@ -32,19 +32,28 @@ started here is stopped before the next one starts and on exit.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
-import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.servers import BIN, ROOT, Server, free_port  # the test suite's server runner
+import bentoml
+import httpx
+
+from bench.servers import BIN, ROOT, Server, free_port
+from model_lib.client import Answer, classify, classify_all, metric_samples, metric_total
+from model_lib.config import MODEL_NAME
+from model_lib.onnx_model import OnnxClassifier
+from model_lib.preprocess import prepare
 
 BOUNDARY = "catdogbench0f9a8b7c6d5e4f3a"
 SOURCE = "benchmark"  # X-Catdog-Source of the benchmark's requests
@@ -152,65 +161,43 @@ def run_wrk(base_url: str, files: list[Path], clients: int, duration: float, wor
 
 
 def run_python_load(base_url: str, files: list[Path], clients: int, duration: float) -> dict:
-    import asyncio
-
-    import httpx
-    import numpy as np
-
+    """Closed-loop load from `clients` asyncio clients (model_lib.client)."""
     payloads = [f.read_bytes() for f in files]
 
-    async def client(http, deadline, latencies, errors, offset):
+    async def client(http, deadline, answers: list[Answer], offset):
         index = offset
         while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            try:
-                response = await http.post(
-                    f"{base_url}/classify",
-                    files={"image": ("photo.jpg", payloads[index % len(payloads)], "image/jpeg")},
-                    headers={"X-Catdog-Source": SOURCE},
-                )
-                ok = response.status_code < 400
-            except httpx.HTTPError:
-                ok = False
-            latencies.append(time.perf_counter() - started)
-            errors[0] += not ok
+            payload = payloads[index % len(payloads)]
+            answers.append(await classify(http, base_url, payload, source=SOURCE))
             index += 1
 
     async def main():
-        latencies, errors = [], [0]
+        answers: list[Answer] = []
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         async with httpx.AsyncClient(timeout=10, limits=limits) as http:
             started = time.perf_counter()
             deadline = started + duration
-            await asyncio.gather(
-                *(client(http, deadline, latencies, errors, i) for i in range(clients))
-            )
-            return latencies, errors[0], time.perf_counter() - started
+            await asyncio.gather(*(client(http, deadline, answers, i) for i in range(clients)))
+            return answers, time.perf_counter() - started
 
-    latencies, errors, seconds = asyncio.run(main())
-    ms = np.asarray(latencies) * 1000
+    answers, seconds = asyncio.run(main())
+    cuts = statistics.quantiles([a.latency_ms for a in answers], n=100, method="inclusive")
     return {
-        "requests": len(latencies),
+        "requests": len(answers),
         "seconds": seconds,
-        "errors": errors,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": sum(a.status != 200 for a in answers),
+        "p50_ms": cuts[49],
+        "p95_ms": cuts[94],
+        "p99_ms": cuts[98],
     }
 
 
 def metric_sums(base_url: str, *names: str) -> dict[str, float] | None:
     """Values of the service's Prometheus samples `names`, summed over label sets."""
-    import httpx
-
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    sums = {}
-    for name in names:
-        values = re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
-        if not values:
-            return None
-        sums[name] = sum(float(v) for v in values)
-    return sums
+    samples = metric_samples(base_url)
+    if not all(any(sample == name for sample, _ in samples) for name in names):
+        return None
+    return {name: metric_total(samples, name) for name in names}
 
 
 def batch_stats(base_url: str) -> tuple[float, float] | None:
@@ -221,17 +208,10 @@ def batch_stats(base_url: str) -> tuple[float, float] | None:
 
 def check_answers(name: str, base_url: str, photo: Path) -> dict:
     """One request first: a server that answers errors would benchmark its error path."""
-    import httpx
-
-    response = httpx.post(
-        f"{base_url}/classify",
-        files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
-        headers={"X-Catdog-Source": SOURCE},
-        timeout=30,
-    )
-    if response.status_code != 200 or "label" not in response.json():
-        raise RuntimeError(f"{name} answered {response.status_code}: {response.text[:500]}")
-    return response.json()
+    (answer,) = classify_all(base_url, [(photo.name, photo.read_bytes())], SOURCE)
+    if answer.status != 200:
+        raise RuntimeError(f"{name} answered {answer.status}: {answer.error}")
+    return answer.body
 
 
 def measure(
@@ -276,8 +256,6 @@ def measure(
 # ---------------------------------------------------------------- the three measurements
 def _images_per_second(model, inputs, callers: int, duration: float) -> float:
     """`callers` Python threads calling predict_proba at batch 1 for `duration` seconds."""
-    import threading
-
     counts = [0] * callers
     stop = time.perf_counter() + duration
 
@@ -305,9 +283,6 @@ def raw_ceiling(onnx_path: Path, files: list[Path], duration: float) -> dict[str
     session called from one Python thread per core at once (what the service
     does). The ceiling is the best of them.
     """
-    from model_lib.onnx_model import OnnxClassifier
-    from model_lib.preprocess import decode_image, to_model_input
-
     cores = len(os.sched_getaffinity(0))
     rates = {}
     layouts = (
@@ -317,9 +292,7 @@ def raw_ceiling(onnx_path: Path, files: list[Path], duration: float) -> dict[str
     )
     for label, threads, callers in layouts:
         model = OnnxClassifier(onnx_path, threads=threads)
-        inputs = [
-            to_model_input(decode_image(f.read_bytes()), model.preprocessing)[None] for f in files
-        ]
+        inputs = [prepare(f.read_bytes(), model.preprocessing)[1][None] for f in files]
         for x in inputs[:20]:
             model.predict_proba(x)
         rates[label] = _images_per_second(model, inputs, callers, duration)
@@ -358,8 +331,6 @@ def start_naive(port: int, model_uri: str, work: Path, timeout: float) -> Server
 
 
 def stored_model(tag: str):
-    import bentoml
-
     try:
         return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
@@ -377,12 +348,6 @@ def median_results(results: list[LoadResult]) -> list[LoadResult]:
     for r in results:
         groups.setdefault((r.server, r.clients), []).append(r)
     return [sorted(group, key=lambda r: r.rps)[(len(group) - 1) // 2] for group in groups.values()]
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -445,14 +410,14 @@ def report(ceilings: list[dict], all_results: list[LoadResult], load: str, model
     p50_one = [find[("service", 1, i)].p50_ms for i in rounds if ("service", 1, i) in find]
     print()
     if over_ceiling:
-        ratios["service_over_ceiling"] = _median(over_ceiling)
+        ratios["service_over_ceiling"] = statistics.median(over_ceiling)
         print(
             f"service / ceiling at {top} clients: {ratios['service_over_ceiling']:.0%}"
             f"{_spread([100 * v for v in over_ceiling], '.0f')} "
             f"(goal >= {GOALS['service_over_ceiling']:.0%})"
         )
     if over_naive:
-        ratios["service_over_naive"] = _median(over_naive)
+        ratios["service_over_naive"] = statistics.median(over_naive)
         print(
             f"service / naive at {top} clients: {ratios['service_over_naive']:.1f}x"
             f"{_spread(over_naive, '.1f')} (goal >= {GOALS['service_over_naive']:.0f}x)"
@@ -464,9 +429,9 @@ def report(ceilings: list[dict], all_results: list[LoadResult], load: str, model
                 if ("service", clients, i) in find and ("naive", clients, i) in find
             ]
             if per_round:
-                print(f"  at {clients:2d} clients: {_median(per_round):.1f}x")
+                print(f"  at {clients:2d} clients: {statistics.median(per_round):.1f}x")
     if p50_one:
-        ratios["p50_1_client_ms"] = _median(p50_one)
+        ratios["p50_1_client_ms"] = statistics.median(p50_one)
         print(
             f"service p50 at 1 client: {ratios['p50_1_client_ms']:.1f} ms"
             f"{_spread(p50_one, '.1f')} (goal <= {GOALS['p50_1_client_ms']:.0f} ms)"
@@ -491,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,4,16", help="concurrency levels, comma-separated")
     parser.add_argument("--url", help="a running service to measure instead of starting one")
     parser.add_argument(
-        "--model-tag", default=os.environ.get("CATDOG_MODEL_TAG") or "catdog-classifier:latest"
+        "--model-tag", default=os.environ.get("CATDOG_MODEL_TAG") or f"{MODEL_NAME}:latest"
     )
     parser.add_argument("--images", type=Path, default=ROOT / "test_images")
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")

@@ -14,10 +14,15 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from model_lib import monitoring
+from model_lib.client import check_ready
+from model_lib.config import MODEL_NAME
+from model_lib.image_stats import REFERENCE_STATS_FILE
+from model_lib.inference_log import InferenceLog
 from model_lib.tracking import ensure_tracking_server
 
 MONITORING_EXPERIMENT = "catdog-monitoring"
@@ -29,7 +34,7 @@ class EvaluationFailed(RuntimeError):
 
 @task
 def check_service(service_url: str) -> None:
-    monitoring.check_ready(service_url)
+    check_ready(service_url)
 
 
 @task
@@ -41,23 +46,19 @@ def score_test_images(service_url: str, test_images_dir: str, concurrency: int):
 @task
 def reference_for(model_versions: list[str], model_name: str) -> pd.DataFrame:
     """The training-time image statistics of the model version the service runs."""
-    from mlflow import MlflowClient
-
     if len(model_versions) != 1:
         raise EvaluationFailed(f"expected one serving model version, saw {model_versions}")
     version = MlflowClient().get_model_version(model_name, model_versions[0])
     path = mlflow.artifacts.download_artifacts(
-        run_id=version.run_id, artifact_path="reference_stats.csv"
+        run_id=version.run_id, artifact_path=REFERENCE_STATS_FILE
     )
     return pd.read_csv(path)
 
 
 @task
 def recent_inferences(log_path: str, window_minutes: int) -> pd.DataFrame:
-    from model_lib.inference_log import InferenceLog
-
     since = datetime.now(UTC) - timedelta(minutes=window_minutes)
-    return InferenceLog(log_path).read(since=since, exclude_sources=(monitoring.EVALUATION_SOURCE,))
+    return monitoring.inference_frame(InferenceLog(log_path), since)
 
 
 @task
@@ -74,15 +75,13 @@ def evaluate(
     min_requests: int = 30,
     drift_share: float = 0.3,
     inference_log: str | None = None,
-    model_name: str = "catdog-classifier",
+    model_name: str = MODEL_NAME,
     concurrency: int = 8,
 ) -> dict:
     """Score `test_images/` through the service; compare recent traffic with the training data."""
     logger = get_run_logger()
     ensure_tracking_server()
-    inference_log = inference_log or os.environ.get(
-        "CATDOG_INFERENCE_LOG", ".run/inference_log.sqlite"
-    )
+    inference_log = inference_log or str(InferenceLog().path)  # $CATDOG_INFERENCE_LOG
     check_service(service_url)
     result = score_test_images(service_url, test_images_dir, concurrency)
     logger.info(

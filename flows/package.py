@@ -6,10 +6,12 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from model_lib import packaging
+from model_lib.config import MODEL_NAME
 from model_lib.tracking import ensure_tracking_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +36,6 @@ def build(bentofile: str) -> str:
 
 @task
 def record(champion: packaging.Champion, model_tag: str, bento_tag: str) -> None:
-    from mlflow import MlflowClient
-
     client = MlflowClient()
     client.set_model_version_tag(champion.model_name, champion.version, "bento_tag", bento_tag)
     client.set_model_version_tag(champion.model_name, champion.version, "bentoml_model", model_tag)
@@ -43,7 +43,7 @@ def record(champion: packaging.Champion, model_tag: str, bento_tag: str) -> None
 
 @flow(name="package")
 def package(
-    model_name: str = "catdog-classifier",
+    model_name: str = MODEL_NAME,
     version: str | None = None,
     bentofile: str = "bentofile.yaml",
     precision: Literal["int8", "float32"] = "int8",

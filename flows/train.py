@@ -1,7 +1,7 @@
 """Prefect flow `train`: validate data, train, log to MLflow, register, gate the champion.
 
-Thin adapter over model_lib; deployments `train/baseline` and
-`train/efficientnet-lite0` in prefect.yaml set the config.
+Thin adapter over model_lib (`pipeline.train` does the work); deployments
+`train/baseline` and `train/efficientnet-lite0` in prefect.yaml set the config.
 """
 
 from __future__ import annotations
@@ -10,37 +10,41 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import pandas as pd
+from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from model_lib import data as data_lib
+from model_lib import pipeline
 from model_lib.config import TrainConfig
-from model_lib.image_stats import image_statistics
+from model_lib.image_stats import REFERENCE_STATS_FILE, write_reference_statistics
 from model_lib.metrics import classification_report, flat_metrics
-from model_lib.preprocess import decode_image
+from model_lib.plots import confusion_matrix_figure, loss_curve
+from model_lib.progress import TrainingProgress
+from model_lib.quantize import (
+    INT8_ARTIFACT_PATH,
+    INT8_TOLERANCE,
+    int8_acceptable,
+    quantize_and_score,
+)
+from model_lib.tracking import ensure_tracking_server, git_commit, log_models, register_and_gate
 
-REFERENCE_SAMPLE = 2000  # training images described in the drift reference
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second")
 
 
 @task(cache_policy=NO_CACHE)
 def check_tracking_server() -> str:
-    from model_lib.tracking import ensure_tracking_server
-
     return ensure_tracking_server()
 
 
 @task(cache_policy=NO_CACHE)
-def validate_data(config: TrainConfig, report_dir: Path):
-    """Discover and validate the pool; fail the flow when it is unusable."""
-    logger = get_run_logger()
-    items, class_names = data_lib.discover_images(config.data_dir)
-    # Validate what this run uses (the fraction), so small runs stay small.
-    train_items, val_items = data_lib.split(items, config.val_percent, config.data_fraction)
-    report = data_lib.validate_images(train_items + val_items, class_names, config.data_dir)
+def validate_data(config: TrainConfig, report_dir: Path) -> tuple[pipeline.Dataset, Path]:
+    """Discover, split and validate the pool; fail the flow when it is unusable."""
+    dataset = pipeline.load_dataset(config)
+    report = dataset.report
     report_path = report.write_json(report_dir / "data_validation.json")
-    logger.info(
+    get_run_logger().info(
         "data: %d files, classes %s, %d corrupt, %d duplicate groups",
         report.total_files,
         report.class_counts,
@@ -49,44 +53,16 @@ def validate_data(config: TrainConfig, report_dir: Path):
     )
     if not report.ok:
         raise data_lib.DataError("data validation failed: " + "; ".join(report.errors))
-    train_items, val_items = (
-        data_lib.usable(train_items, report),
-        data_lib.usable(val_items, report),
-    )
-    return train_items, val_items, class_names, report_path
+    return dataset, report_path
 
 
 @task(cache_policy=NO_CACHE)
-def load_images(config: TrainConfig, train_items, val_items, class_names):
-    from model_lib.models import preprocessing_for
-    from model_lib.training import prepare_data
-
-    prep = preprocessing_for(config.architecture, config.image_size, class_names)
-    return prepare_data(config, train_items, val_items, prep)
-
-
-def reference_statistics(train_items, out_dir: Path) -> Path:
-    """Image statistics of (a fixed sample of) the training split: the drift reference."""
-    rows = []
-    for item in train_items[:: max(1, len(train_items) // REFERENCE_SAMPLE)]:
-        payload = item.path.read_bytes()
-        rows.append(image_statistics(decode_image(payload), len(payload)))
-    path = out_dir / "reference_stats.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
-@task(cache_policy=NO_CACHE)
-def start_run(
-    config: TrainConfig, train_items, val_items, report_path: Path, work_dir: Path
-) -> str:
+def start_run(config: TrainConfig, dataset: pipeline.Dataset, report_path: Path, work_dir: Path):
     """Create the MLflow run with params, data version, commit and the data reports.
 
     Each task re-enters the run by id: Prefect may run tasks on other threads,
     and MLflow's active run is per thread.
     """
-    from model_lib.tracking import git_commit
-
     mlflow.set_experiment(config.experiment_name)
     with mlflow.start_run(run_name=config.architecture) as run:
         mlflow.log_params(config.to_params())
@@ -96,91 +72,62 @@ def start_run(
                     Path(config.data_dir).with_suffix(".dvc")
                 ),
                 "git_commit": git_commit(),
-                "val_split_fingerprint": data_lib.split_fingerprint(val_items),
-                "train_images": str(len(train_items)),
-                "val_images": str(len(val_items)),
+                "val_split_fingerprint": data_lib.split_fingerprint(dataset.val_items),
+                "train_images": str(len(dataset.train_items)),
+                "val_images": str(len(dataset.val_items)),
             }
         )
         mlflow.log_artifact(str(report_path))
-        mlflow.log_artifact(str(reference_statistics(train_items, work_dir)))
+        train_paths = [item.path for item in dataset.train_items]
+        reference = write_reference_statistics(train_paths, work_dir / REFERENCE_STATS_FILE)
+        mlflow.log_artifact(str(reference))
     return run.info.run_id
 
 
 @task(cache_policy=NO_CACHE)
-def train_model(config: TrainConfig, prepared, class_names, run_id: str):
-    from mlflow import MlflowClient
-
-    from model_lib.progress import TrainingProgress
-    from model_lib.training import train
-
+def train_model(config: TrainConfig, dataset: pipeline.Dataset, run_id: str):
     client = MlflowClient()
 
     def log_epoch(event):  # per-epoch metrics appear in MLflow while training runs
-        for key in (
-            "train_loss",
-            "train_accuracy",
-            "val_loss",
-            "val_accuracy",
-            "images_per_second",
-        ):
+        for key in EPOCH_METRICS:
             client.log_metric(run_id, key, event[key], step=event["epoch"])
 
-    return train(config, prepared, class_names, TrainingProgress(get_run_logger(), log_epoch))
+    return pipeline.train(config, dataset, TrainingProgress(get_run_logger(), log_epoch))
 
 
 @task(cache_policy=NO_CACHE)
-def log_results(result, sample_inputs, class_names, out_dir: Path, run_id: str):
+def log_results(result: pipeline.TrainResult, class_names, out_dir: Path, run_id: str):
     """Final metrics, plots and both model formats, logged to the run."""
-
-    with mlflow.start_run(run_id=run_id):
-        return _log_results(result, sample_inputs, class_names, out_dir)
-
-
-def _log_results(result, sample_inputs, class_names, out_dir):
-    from model_lib.export import PARITY_TOLERANCE, export_onnx, onnx_parity
-    from model_lib.plots import confusion_matrix_figure, loss_curve
-    from model_lib.tracking import log_models
-
-    predictions = result.val_probabilities.argmax(1)
-    report = classification_report(result.val_labels, predictions, class_names)
+    report = classification_report(
+        result.val_labels, result.val_probabilities.argmax(1), class_names
+    )
     final = flat_metrics(report, prefix="val_")
     final.pop("val_accuracy")  # already logged per epoch; the last epoch's value is the final one
-    mlflow.log_metrics(final)
-    mlflow.log_dict(report, "val_report.json")
-    mlflow.log_figure(loss_curve(result.history), "plots/loss_curve.png")
-    mlflow.log_figure(
-        confusion_matrix_figure(report["confusion_matrix"], class_names),
-        "plots/confusion_matrix.png",
-    )
-
-    onnx_path = export_onnx(result.model, out_dir / "model.onnx", result.preprocessing)
-    parity = onnx_parity(result.model, onnx_path, sample_inputs)
-    mlflow.log_metric("onnx_max_abs_diff", parity)
-    if parity > PARITY_TOLERANCE:
-        raise RuntimeError(f"ONNX export differs from PyTorch by {parity:.2e} > {PARITY_TOLERANCE}")
-    model_uri = log_models(result, onnx_path, sample_inputs[:1])
+    onnx_path, parity = pipeline.export(result, out_dir / "model.onnx")
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({**final, "onnx_max_abs_diff": parity})
+        mlflow.log_dict(report, "val_report.json")
+        mlflow.log_figure(loss_curve(result.history), "plots/loss_curve.png")
+        mlflow.log_figure(
+            confusion_matrix_figure(report["confusion_matrix"], class_names),
+            "plots/confusion_matrix.png",
+        )
+        model_uri = log_models(result, onnx_path, result.data.val_inputs[:1])
     return model_uri, report
 
 
 @task(cache_policy=NO_CACHE)
-def quantize(prepared, preprocessing, fp32_accuracy: float, out_dir: Path, run_id: str) -> bool:
+def quantize(result: pipeline.TrainResult, fp32_accuracy: float, out_dir: Path, run_id: str):
     """An INT8 copy of the exported model, logged only if it keeps its accuracy
     (`package` ships it when present). Returns whether it was logged."""
-    from model_lib.quantize import (
-        INT8_ARTIFACT_PATH,
-        INT8_TOLERANCE,
-        int8_acceptable,
-        quantize_and_score,
-    )
-
     int8_path = out_dir / INT8_ARTIFACT_PATH
     accuracy = quantize_and_score(
         out_dir / "model.onnx",
         int8_path,
-        prepared.train_pixels,
-        prepared.val_inputs,
-        prepared.val_labels,
-        preprocessing,
+        result.data.train_pixels,
+        result.data.val_inputs,
+        result.data.val_labels,
+        result.preprocessing,
     )
     acceptable = int8_acceptable(fp32_accuracy, accuracy)
     with mlflow.start_run(run_id=run_id):
@@ -200,8 +147,6 @@ def quantize(prepared, preprocessing, fp32_accuracy: float, out_dir: Path, run_i
 
 @task(cache_policy=NO_CACHE)
 def register(model_uri: str, config: TrainConfig, accuracy: float, val_items, run_id: str):
-    from model_lib.tracking import register_and_gate
-
     with mlflow.start_run(run_id=run_id):
         version, decision = register_and_gate(
             model_uri, config.registered_model_name, accuracy, val_items, run_id
@@ -220,17 +165,19 @@ def train(config: TrainConfig = TrainConfig()) -> dict:  # noqa: B008 - Prefect 
     # Reports and the exported model are logged to MLflow; the local copies go.
     with tempfile.TemporaryDirectory(prefix="catdog-train-") as tmp:
         work_dir = Path(tmp)
-        train_items, val_items, class_names, report_path = validate_data(config, work_dir)
-        logger.info("split: %d train / %d validation images", len(train_items), len(val_items))
-
-        run_id = start_run(config, train_items, val_items, report_path, work_dir)
-        prepared = load_images(config, train_items, val_items, class_names)
-        result = train_model(config, prepared, class_names, run_id)
-        model_uri, report = log_results(
-            result, prepared.val_inputs[:16], class_names, work_dir, run_id
+        dataset, report_path = validate_data(config, work_dir)
+        logger.info(
+            "split: %d train / %d validation images",
+            len(dataset.train_items),
+            len(dataset.val_items),
         )
-        quantize(prepared, result.preprocessing, report["accuracy"], work_dir, run_id)
-        version, decision = register(model_uri, config, report["accuracy"], val_items, run_id)
+        run_id = start_run(config, dataset, report_path, work_dir)
+        result = train_model(config, dataset, run_id)
+        model_uri, report = log_results(result, dataset.class_names, work_dir, run_id)
+        quantize(result, report["accuracy"], work_dir, run_id)
+        version, decision = register(
+            model_uri, config, report["accuracy"], dataset.val_items, run_id
+        )
 
     summary = {
         "run_id": run_id,

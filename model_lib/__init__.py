@@ -1,6 +1,13 @@
 """Cat/dog model library: every piece of ML logic lives here.
 
-Importing the package imports nothing heavy. Modules that need torch
-(`models`, `training`, `export`, `efficientnet`) import it themselves, so the
-serving path (`preprocess`, `onnx_model`, `image_stats`) stays torch-free.
+Modules import one way, from the bottom up (tests/unit/test_imports.py checks it):
+
+- torch-free: `config`, `preprocess`, `image_stats`, `metrics`, `onnx_model`,
+  `inference_log` (these are all the service needs), `data`, `quantize`,
+  `client`, `traffic`, `monitoring`, `tracking`, `packaging`, `plots`, `progress`;
+- torch: model definitions (`efficientnet`, `models`) <- `export` <- training
+  loops (`training`) <- transfer-learning fit (`transfer`) <- the entry
+  `pipeline.train(config)`.
+
+Importing the package imports nothing.
 """

@@ -1,4 +1,5 @@
-"""Finding, validating and splitting the `data/<class>/*.jpg` image pool (torch-free)."""
+"""The `data/<class>/*.jpg` image pool: finding, validating, splitting, and loading
+it into memory for training (NumPy + Pillow, torch-free)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from model_lib.preprocess import ImageRejected, decode_image
+import numpy as np
+
+from model_lib.preprocess import ImageRejected, Preprocessing, decode_image, normalize, resize
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 
@@ -174,3 +177,42 @@ def dvc_data_version(dvc_file: str | Path = "data.dvc") -> str:
         if line.startswith("md5:"):
             return line.split(":", 1)[1].strip()
     return "unknown"
+
+
+# Training images are stored this much larger (256 px for 224), so that a
+# random crop of the model's size is a cheap zoom and shift (training.augment).
+TRAIN_MARGIN = 8 / 7
+
+
+def load_pixels(items: list[LabeledImage], image_size: int, progress=None) -> np.ndarray:
+    """Decode and resize every image once: uint8 array (N, S, S, 3)."""
+    pixels = np.empty((len(items), image_size, image_size, 3), np.uint8)
+    iterator = progress(items) if progress else items
+    for index, item in enumerate(iterator):
+        pixels[index] = resize(decode_image(item.path.read_bytes()), image_size)
+    return pixels
+
+
+def labels_of(items: list[LabeledImage]) -> np.ndarray:
+    return np.asarray([i.label for i in items], np.int64)
+
+
+@dataclass
+class PreparedData:
+    train_pixels: np.ndarray  # uint8 NHWC, resized to image_size * TRAIN_MARGIN
+    train_labels: np.ndarray
+    val_inputs: np.ndarray  # float32 NCHW, the eval transform's output
+    val_labels: np.ndarray
+
+
+def prepare_data(train_items, val_items, prep: Preprocessing, progress=None) -> PreparedData:
+    """Both splits in memory; validation input is what the service would compute."""
+    train_pixels = load_pixels(train_items, round(prep.image_size * TRAIN_MARGIN), progress)
+    val_pixels = load_pixels(val_items, prep.image_size, progress)
+    return PreparedData(
+        train_pixels=train_pixels,
+        train_labels=labels_of(train_items),
+        # Same arithmetic as preprocess.to_model_input (resize then normalize), batched.
+        val_inputs=normalize(val_pixels, prep),
+        val_labels=labels_of(val_items),
+    )

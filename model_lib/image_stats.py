@@ -1,13 +1,22 @@
 """Per-image statistics for drift monitoring (Pillow + NumPy, torch-free).
 
-The same function describes the training images (the reference, computed at
-training time) and every image the service classifies.
+The same function describes the training images (the drift reference, written
+at training time) and every image the service classifies.
 """
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
+
+from model_lib.preprocess import decode_image
+
+# The drift reference: a training run's artifact, and a file of the packaged model.
+REFERENCE_STATS_FILE = "reference_stats.csv"
+REFERENCE_SAMPLE = 2000  # training images the reference describes at most
 
 STAT_COLUMNS = (
     "width",
@@ -58,3 +67,17 @@ def image_statistics(image: Image.Image, file_size: int) -> dict[str, float]:
         "saturation": float(saturation.mean()),
         "sharpness": float(laplacian.var()),
     }
+
+
+def write_reference_statistics(
+    paths: list[Path], out_path: str | Path, sample: int = REFERENCE_SAMPLE
+) -> Path:
+    """Statistics of an evenly spaced sample of `paths` (training images), as CSV."""
+    out_path = Path(out_path)
+    with out_path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=STAT_COLUMNS)
+        writer.writeheader()
+        for path in paths[:: max(1, len(paths) // sample)]:
+            payload = Path(path).read_bytes()
+            writer.writerow(image_statistics(decode_image(payload), len(payload)))
+    return out_path

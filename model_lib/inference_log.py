@@ -12,7 +12,8 @@ statistics and writes rows in batches. Its queue is bounded (by count and by
 pixels); when full, records are dropped and counted instead of slowing
 requests down.
 
-Serving needs no pandas: it is imported inside `InferenceLog.read` only.
+Serving needs no pandas: `query` returns plain rows, which
+`monitoring.inference_frame` turns into a DataFrame.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from model_lib.image_stats import STAT_COLUMNS, image_statistics
 ENV_PATH = "CATDOG_INFERENCE_LOG"
 DEFAULT_PATH = Path(".run") / "inference_log.sqlite"
 TABLE = "inferences"
+EVALUATION_SOURCE = "evaluation"  # the evaluation flow's own requests: not user traffic
 # Columns every record carries besides the image statistics.
 RECORD_COLUMNS = (
     "timestamp",  # unix seconds, UTC
@@ -164,24 +166,20 @@ class InferenceLog:
                 self._writer.close()
                 self._writer = None
 
-    def read(self, since: datetime | None = None, exclude_sources=("evaluation",)):
-        """Records (oldest first) as a pandas DataFrame with a UTC `timestamp` column.
+    def query(self, since: datetime | None = None, exclude_sources=(EVALUATION_SOURCE,)) -> list:
+        """Rows of `COLUMNS` (oldest first), timestamps in unix seconds.
 
         `since` (timezone-aware) keeps records at or after it; sources in
         `exclude_sources` are left out (the evaluation flow's own traffic by
-        default; pass () for everything). A log that does not exist yet reads
-        as an empty frame with the same columns.
+        default; pass () for everything). A log that does not exist yet has no
+        rows, and is not created.
         """
-        import pandas as pd
-
         if since is not None and since.tzinfo is None:
             raise ValueError(
                 "since must be timezone-aware (e.g. datetime.now(UTC) - timedelta(hours=1))"
             )
         if not self.path.exists():
-            frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in COLUMNS})
-            frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
-            return frame
+            return []
         clauses, params = [], []
         if since is not None:
             clauses.append("timestamp >= ?")
@@ -194,15 +192,11 @@ class InferenceLog:
         connection = self._connect()
         try:
             self._ensure_schema(connection)
-            frame = pd.read_sql_query(
-                f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY id",
-                connection,
-                params=params,
-            )
+            return connection.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY id", params
+            ).fetchall()
         finally:
             connection.close()
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
-        return frame
 
 
 class InferenceRecorder:

@@ -3,38 +3,20 @@ compare recent inference statistics with the training reference (Evidently)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-import httpx
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.presets import DataDriftPreset
 
+from model_lib.client import classify_all
 from model_lib.data import discover_images
 from model_lib.image_stats import STAT_COLUMNS
-from model_lib.metrics import classification_report, latency_percentiles
-
-EVALUATION_SOURCE = "evaluation"  # X-Catdog-Source of our own requests: left out of drift
-
-
-class ServiceDown(RuntimeError):
-    """The service does not answer or is not ready; the message says what to do."""
-
-
-def check_ready(url: str, timeout: float = 5.0) -> None:
-    try:
-        response = httpx.get(f"{url.rstrip('/')}/readyz", timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise ServiceDown(
-            f"the classifier service at {url} is unreachable ({exc.__class__.__name__}); "
-            "start it with `make serve`"
-        ) from None
-    if response.status_code != 200:
-        raise ServiceDown(
-            f"the classifier service at {url} is up but not ready (/readyz answered "
-            f"{response.status_code}); check its log: is a model packaged (`make package`)?"
-        )
+from model_lib.inference_log import COLUMNS, EVALUATION_SOURCE, InferenceLog
+from model_lib.metrics import classification_report, flat_metrics, latency_percentiles
 
 
 @dataclass
@@ -48,50 +30,25 @@ class Outcome:
     error: str | None = None
 
 
-async def _classify(client, semaphore, url, path: Path, true_label: str) -> Outcome:
-    async with semaphore:
-        started = time.perf_counter()
-        try:
-            response = await client.post(
-                f"{url.rstrip('/')}/classify",
-                files={"image": (path.name, path.read_bytes(), "image/jpeg")},
-                headers={"X-Catdog-Source": EVALUATION_SOURCE},
-            )
-        except httpx.HTTPError as exc:
-            return Outcome(str(path), true_label, 0, error=f"{exc.__class__.__name__}: {exc}")
-        latency = (time.perf_counter() - started) * 1000
-        if response.status_code != 200:
-            return Outcome(
-                str(path),
-                true_label,
-                response.status_code,
-                latency_ms=latency,
-                error=response.text[:300],
-            )
-        body = response.json()
-        return Outcome(
-            str(path),
-            true_label,
-            200,
-            body["label"],
-            latency,
-            str(body.get("model", {}).get("version")),
-        )
-
-
-async def _classify_all(url, labelled, concurrency, timeout):
-    semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        return await asyncio.gather(
-            *(_classify(client, semaphore, url, path, label) for path, label in labelled)
-        )
-
-
 def classify_folder(url: str, folder: str | Path, concurrency: int = 8, timeout: float = 30.0):
-    """POST every image of `folder/<class>/` to the service; returns (outcomes, class_names)."""
+    """POST every image of `folder/<class>/` to the service as evaluation traffic;
+    returns (outcomes, class_names)."""
     items, class_names = discover_images(folder)
-    labelled = [(item.path, class_names[item.label]) for item in items]
-    return asyncio.run(_classify_all(url, labelled, concurrency, timeout)), class_names
+    photos = [(item.path.name, item.path.read_bytes()) for item in items]
+    answers = classify_all(url, photos, EVALUATION_SOURCE, concurrency, timeout)
+    outcomes = [
+        Outcome(
+            str(item.path),
+            class_names[item.label],
+            answer.status,
+            answer.label,
+            answer.latency_ms if answer.status else None,
+            answer.model_version,
+            answer.error,
+        )
+        for item, answer in zip(items, answers, strict=True)
+    ]
+    return outcomes, class_names
 
 
 @dataclass
@@ -103,17 +60,8 @@ class EvaluationResult:
     model_versions: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
-        flat = {
-            "accuracy": self.report["accuracy"],
-            "macro_f1": self.report["macro_f1"],
-            "errors": float(self.errors),
-            "requests": float(self.requests),
-            **self.latency,
-        }
-        for name, values in self.report["per_class"].items():
-            for key in ("precision", "recall", "f1"):
-                flat[f"{name}_{key}"] = values[key]
-        return flat
+        counts = {"errors": float(self.errors), "requests": float(self.requests)}
+        return {**flat_metrics(self.report), **counts, **self.latency}
 
 
 def evaluate_outcomes(outcomes: list[Outcome], class_names) -> EvaluationResult:
@@ -155,9 +103,6 @@ def drift_report(
     `drift_share` of the 11 columns drift: a darker or greyscale stream moves
     4-7 of them, chance alone rarely moves more than one at p < 0.05.
     """
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
-
     columns = list(STAT_COLUMNS)
     definition = DataDefinition(numerical_columns=columns)
     report = Report(
@@ -185,64 +130,10 @@ def drift_report(
     )
 
 
-SHIFTS = ("none", "darker", "blurred", "grayscale", "resized")
-
-
-def apply_shift(payload: bytes, shift: str) -> bytes:
-    """Re-encode a photo with a simulated shift in what users upload (traffic generator)."""
-    import io
-
-    from PIL import Image, ImageEnhance, ImageFilter
-
-    if shift == "none":
-        return payload
-    image = Image.open(io.BytesIO(payload)).convert("RGB")
-    if shift == "darker":
-        image = ImageEnhance.Brightness(image).enhance(0.45)
-    elif shift == "blurred":
-        image = image.filter(ImageFilter.GaussianBlur(3))
-    elif shift == "grayscale":
-        image = image.convert("L").convert("RGB")
-    elif shift == "resized":
-        image = image.resize((image.width * 2, image.height * 2), Image.Resampling.BICUBIC)
-    else:
-        raise ValueError(f"unknown shift {shift!r}; choose one of {SHIFTS}")
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def send_traffic(
-    url: str,
-    folder: str | Path,
-    count: int,
-    shift: str = "none",
-    concurrency: int = 4,
-    source: str = "traffic-generator",
-    timeout: float = 30.0,
-) -> dict[int, int]:
-    """Send `count` images from `folder` (cycling) to /classify; returns status -> count."""
-    paths = sorted(Path(folder).rglob("*.jpg"))
-    if not paths:
-        raise FileNotFoundError(f"no .jpg images under {folder}: run `make data`")
-    payloads = [apply_shift(paths[i % len(paths)].read_bytes(), shift) for i in range(count)]
-
-    async def run():
-        semaphore = asyncio.Semaphore(concurrency)
-        async with httpx.AsyncClient(timeout=timeout) as client:
-
-            async def one(index, payload):
-                async with semaphore:
-                    response = await client.post(
-                        f"{url.rstrip('/')}/classify",
-                        files={"image": (f"traffic-{index}.jpg", payload, "image/jpeg")},
-                        headers={"X-Catdog-Source": source},
-                    )
-                    return response.status_code
-
-            return await asyncio.gather(*(one(i, p) for i, p in enumerate(payloads)))
-
-    statuses: dict[int, int] = {}
-    for status in asyncio.run(run()):
-        statuses[status] = statuses.get(status, 0) + 1
-    return statuses
+def inference_frame(
+    log: InferenceLog, since: datetime | None = None, exclude_sources=(EVALUATION_SOURCE,)
+) -> pd.DataFrame:
+    """`InferenceLog.query` as a DataFrame with a UTC `timestamp` column."""
+    frame = pd.DataFrame(log.query(since, exclude_sources), columns=list(COLUMNS))
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+    return frame

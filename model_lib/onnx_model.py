@@ -5,26 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from model_lib.preprocess import Preprocessing, softmax, to_model_input
 
 PREPROCESSING_KEY = "catdog.preprocessing"
 
 
+def inference_session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
+    """The one way sessions are made: CPU, `threads` per call (0: one per core), no
+    inter-op threads (these graphs are one chain of operators)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxClassifier:
     """An exported classifier: `predict_proba(batch)` on preprocessed NCHW float32 input."""
 
     def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")
-        options = ort.SessionOptions()
-        # 0 lets ONNX Runtime pick (one thread per core).
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = inference_session(path, threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
         if PREPROCESSING_KEY not in metadata:
             raise ValueError(

@@ -12,12 +12,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import bentoml
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
+from model_lib.image_stats import REFERENCE_STATS_FILE
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.quantize import INT8_ARTIFACT_PATH
-from model_lib.tracking import CHAMPION_ALIAS
-
-BENTO_MODEL_NAME = "catdog-classifier"
-REFERENCE_STATS_FILE = "reference_stats.csv"
 
 
 class NotAChampion(RuntimeError):
@@ -48,10 +51,6 @@ def resolve_champion(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     client = MlflowClient()
     try:
         champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
@@ -97,12 +96,10 @@ def _has_artifact(client, run_id: str, path: str) -> bool:
 
 def save_to_bento_store(champion: Champion) -> str:
     """Put the ONNX model, its metadata and the drift reference in the BentoML store."""
-    import bentoml
-
     onnx_path = champion.folder / "model.onnx"
     prep = OnnxClassifier(onnx_path).preprocessing  # also proves the file loads
     with bentoml.models.create(
-        BENTO_MODEL_NAME,
+        MODEL_NAME,
         labels={
             "mlflow_model": champion.model_name,
             "mlflow_version": champion.version,

@@ -1,22 +1,18 @@
-"""Training plots as matplotlib figures (the caller saves or logs them)."""
+"""Training plots as matplotlib figures (the caller saves or logs them).
+
+Figures are made without pyplot, so no display backend is chosen or needed.
+"""
 
 from __future__ import annotations
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless workers and CI have no display
-    import matplotlib.pyplot as plt
-
-    return plt
+from matplotlib.figure import Figure
 
 
 def loss_curve(history: list[dict]):
     """Train/val loss and accuracy per epoch, side by side."""
-    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    loss_axis, acc_axis = figure.subplots(1, 2)
     loss_axis.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     loss_axis.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     loss_axis.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
@@ -31,8 +27,8 @@ def loss_curve(history: list[dict]):
 
 
 def confusion_matrix_figure(matrix, class_names, title: str = "Confusion matrix (validation)"):
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(4.5, 4))
+    figure = Figure(figsize=(4.5, 4))
+    axis = figure.subplots()
     image = axis.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axis)
     axis.set(

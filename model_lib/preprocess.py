@@ -62,6 +62,20 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     Animated images use their first frame; transparency is flattened onto white;
     EXIF orientation is applied so phone photos are upright.
     """
+    try:
+        return _decode(data, max_pixels)
+    except ImageRejected:
+        raise
+    except Exception as exc:
+        # A crafted file can trip an error inside a format plugin that none of the
+        # cases below names: still the upload's fault (422). The cause is kept, so
+        # a service can log its traceback in case it is ours.
+        raise ImageRejected(
+            "undecodable", f"the image could not be decoded ({type(exc).__name__}: {exc})", 422
+        ) from exc
+
+
+def _decode(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageRejected("empty", "the uploaded file is empty", 400)
     try:
@@ -142,6 +156,12 @@ def normalize(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
 def to_model_input(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """The deterministic eval transform: RGB image -> float32 (3, S, S)."""
     return normalize(resize(image, prep.image_size), prep)
+
+
+def prepare(data: bytes, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Uploaded bytes -> (RGB image, model input), or ImageRejected."""
+    image = decode_image(data, max_pixels)
+    return image, to_model_input(image, prep)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

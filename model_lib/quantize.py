@@ -3,10 +3,7 @@
 Weights are quantized per channel; activation ranges are calibrated on
 training images (never validation ones, which judge the result). The
 quantized file keeps the preprocessing metadata, so it is a drop-in for
-`model.onnx`. On this CPU (AVX-512 VNNI) the EfficientNet-Lite0 champion ran
-2.1-2.3x faster at batch 1 as INT8 and scored 0.15 points higher on validation
-(`python -m bench.int8`); on a 20 % slice the guard below rejected an INT8
-copy that lost 0.7 points, and float32 was served.
+`model.onnx`. Speed and accuracy of both (`python -m bench.int8`): README.
 """
 
 from __future__ import annotations
@@ -15,8 +12,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from model_lib.metrics import accuracy
+from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import Preprocessing, normalize
 
 # The INT8 model ships only if it loses at most this much validation accuracy.
@@ -41,15 +48,6 @@ def quantize_int8(
     fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, batch_size: int = 16
 ) -> Path:
     """Write the static INT8 (QDQ) version of `fp32_path` to `out_path`."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -94,8 +92,6 @@ def quantize_and_score(
 ) -> float:
     """Quantize `fp32_path` to `out_path`, calibrated on `train_pixels`; returns
     the INT8 model's accuracy on the (preprocessed) validation inputs."""
-    from model_lib.onnx_model import OnnxClassifier
-
     quantize_int8(fp32_path, out_path, calibration_inputs(train_pixels, prep))
     return accuracy(OnnxClassifier(out_path).predict_proba(val_inputs), val_labels)
 

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import asdict, dataclass
 
 import httpx
+import mlflow
 import numpy as np
+import onnx
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from model_lib.config import CHAMPION_ALIAS
+from model_lib.metrics import accuracy
+from model_lib.onnx_model import OnnxClassifier
+from model_lib.preprocess import decode_image
+from model_lib.promotion import decide_promotion
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
-CHAMPION_ALIAS = "champion"
 
 
 class ServiceUnavailable(RuntimeError):
@@ -50,23 +59,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-@dataclass(frozen=True)
-class PromotionDecision:
-    promoted: bool
-    candidate_accuracy: float
-    champion_version: str | None
-    champion_accuracy: float | None  # the champion re-scored on the candidate's validation split
-    reason: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def should_promote(candidate_accuracy: float, champion_accuracy: float | None) -> bool:
-    """The first model wins; later ones must be strictly better on the same split."""
-    return champion_accuracy is None or candidate_accuracy > champion_accuracy
-
-
 def champion_accuracy_on(client, model_name: str, val_items) -> tuple[str | None, float | None]:
     """Re-score the current champion on this run's validation files.
 
@@ -76,13 +68,6 @@ def champion_accuracy_on(client, model_name: str, val_items) -> tuple[str | None
     embedded preprocessing, compares like with like.
     Returns (version, accuracy), or (None, None) when there is no champion.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from model_lib.metrics import accuracy
-    from model_lib.onnx_model import OnnxClassifier
-    from model_lib.preprocess import decode_image
-
     try:
         version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
     except MlflowException:
@@ -95,37 +80,12 @@ def champion_accuracy_on(client, model_name: str, val_items) -> tuple[str | None
     return version.version, accuracy(probs, labels)
 
 
-def decide_promotion(candidate_accuracy, champion_version, champion_accuracy) -> PromotionDecision:
-    promoted = should_promote(candidate_accuracy, champion_accuracy)
-    if champion_version is None:
-        reason = "no champion yet: the first registered model becomes champion"
-    elif promoted:
-        reason = (
-            f"val accuracy {candidate_accuracy:.4f} beats champion v{champion_version} "
-            f"({champion_accuracy:.4f}) on the same split"
-        )
-    else:
-        reason = (
-            f"val accuracy {candidate_accuracy:.4f} does not beat champion "
-            f"v{champion_version} ({champion_accuracy:.4f}) on the same split"
-        )
-    return PromotionDecision(
-        promoted, candidate_accuracy, champion_version, champion_accuracy, reason
-    )
-
-
 def log_models(result, onnx_path, example_input: np.ndarray) -> str:
     """Log the PyTorch and ONNX models of a TrainResult to the active run.
 
     Returns the ONNX model's URI, the one that gets registered: it is what
     the service runs, and it carries its preprocessing.
     """
-    import mlflow
-    import onnx
-    from mlflow.models import infer_signature
-
-    from model_lib.onnx_model import OnnxClassifier
-
     probs = OnnxClassifier(onnx_path).predict_proba(example_input)
     signature = infer_signature(example_input, probs)
     metadata = {"preprocessing": result.preprocessing.to_json()}
@@ -150,9 +110,6 @@ def log_models(result, onnx_path, example_input: np.ndarray) -> str:
 
 def register_and_gate(model_uri: str, model_name: str, val_accuracy: float, val_items, run_id):
     """Register a version; move the champion alias only if it is better. Returns the decision."""
-    import mlflow
-    from mlflow import MlflowClient
-
     client = MlflowClient()
     # Score the champion before registering, so a failure here leaves nothing behind.
     champion_version, champion_accuracy = champion_accuracy_on(client, model_name, val_items)

@@ -1,25 +1,24 @@
-"""Training and evaluation loops (torch), composed by `train`.
+"""Training and evaluation loops (torch): one epoch, one evaluation, one fit from scratch.
 
-Images are decoded and resized once into memory (uint8); augmentation runs on
-those tensors each epoch. Validation input comes from `preprocess.to_model_input`,
-the same code the service runs.
+Images are decoded and resized once into memory (`data.prepare_data`);
+augmentation runs on those tensors each epoch. Both fits (this one and
+`transfer.fit_transfer`) share `batches`, `steps_per_epoch`, `train_one_epoch`,
+`evaluate` and the epoch bookkeeping.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from model_lib.config import TrainConfig
-from model_lib.data import LabeledImage
+from model_lib.data import PreparedData
 from model_lib.metrics import accuracy
-from model_lib.models import build_model, preprocessing_for
-from model_lib.preprocess import Preprocessing, decode_image, normalize, resize
+from model_lib.preprocess import Preprocessing
 
 ProgressFn = Callable[[dict], None]
 
@@ -29,28 +28,12 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed)
 
 
-def load_pixels(items: list[LabeledImage], image_size: int, progress=None) -> np.ndarray:
-    """Decode and resize every image once: uint8 array (N, S, S, 3)."""
-    pixels = np.empty((len(items), image_size, image_size, 3), np.uint8)
-    iterator = progress(items) if progress else items
-    for index, item in enumerate(iterator):
-        pixels[index] = resize(decode_image(item.path.read_bytes()), image_size)
-    return pixels
-
-
-def labels_of(items: list[LabeledImage]) -> np.ndarray:
-    return np.asarray([i.label for i in items], np.int64)
-
-
-TRAIN_MARGIN = 8 / 7  # training images are stored this much larger (256 px for 224) ...
-
-
 def augment(batch: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """... so a random `size` crop is a cheap zoom + shift; plus flips and
+    """A random `size` crop of the larger stored image (a cheap zoom and shift), flips,
     brightness/contrast jitter. uint8 NCHW in, float [0, 1] out.
 
-    Slicing costs almost nothing; per-image torchvision transforms cost ~90 ms
-    an image on this CPU, more than the forward and backward pass.
+    Slicing costs almost nothing, where per-image torchvision transforms cost
+    more than the forward and backward pass on this CPU.
     """
     n, _, height, width = batch.shape
     offsets_y = torch.randint(0, height - size + 1, (n,), generator=generator).tolist()
@@ -67,21 +50,35 @@ def augment(batch: torch.Tensor, size: int, generator: torch.Generator) -> torch
     return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
 
 
-def batches(pixels: np.ndarray, labels: np.ndarray, batch_size: int, generator: torch.Generator):
-    """Shuffled (uint8 NCHW, labels) batches; a last batch smaller than half is dropped."""
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # a view, no copy
-    targets = torch.from_numpy(labels)
-    order = torch.randperm(len(labels), generator=generator)
+def _keeps(batch_len: int, batch_size: int) -> bool:
+    # A last batch under half a batch would be one noisy step: dropped, unless it is all there is.
+    return batch_len >= max(2, batch_size // 2)
+
+
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    """How many batches `batches` yields for `count` examples."""
+    full, rest = divmod(count, batch_size)
+    return full + (rest > 0 and (full == 0 or _keeps(rest, batch_size)))
+
+
+def batches(inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, generator):
+    """Shuffled (inputs, targets) batches of one epoch."""
+    order = torch.randperm(len(targets), generator=generator)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        if len(index) < max(2, batch_size // 2) and start > 0:
+        if start > 0 and not _keeps(len(index), batch_size):
             break
-        yield images[index], targets[index]
+        yield inputs[index], targets[index]
+
+
+def pixel_tensors(pixels: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NHWC array -> NCHW tensor view (no copy), and the labels."""
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(labels)
 
 
 class BatchNormalizer:
-    """uint8 NCHW batch -> float in [0, 1] (randomly cropped to `augment_to` and
-    jittered when training) -> normalised with the model's mean and std."""
+    """uint8 NCHW batch -> float in [0, 1] (randomly augmented when training) ->
+    normalised with the model's mean and std."""
 
     def __init__(self, prep: Preprocessing, generator: torch.Generator | None = None):
         self.mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
@@ -144,37 +141,6 @@ def evaluate(model, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 12
     }
 
 
-@dataclass
-class TrainResult:
-    model: nn.Module  # eval mode; takes normalised NCHW float32, returns logits
-    preprocessing: Preprocessing
-    history: list[dict]  # one dict per epoch
-    val_probabilities: np.ndarray
-    val_labels: np.ndarray
-
-
-@dataclass
-class PreparedData:
-    train_pixels: np.ndarray  # uint8 NHWC, resized to image_size * TRAIN_MARGIN
-    train_labels: np.ndarray
-    val_inputs: np.ndarray  # float32 NCHW, the eval transform's output
-    val_labels: np.ndarray
-
-
-def prepare_data(
-    config, train_items, val_items, prep: Preprocessing, progress=None
-) -> PreparedData:
-    train_pixels = load_pixels(train_items, round(config.image_size * TRAIN_MARGIN), progress)
-    val_pixels = load_pixels(val_items, config.image_size, progress)
-    return PreparedData(
-        train_pixels=train_pixels,
-        train_labels=labels_of(train_items),
-        # Same arithmetic as to_model_input (resize then normalize), batched.
-        val_inputs=normalize(val_pixels, prep),
-        val_labels=labels_of(val_items),
-    )
-
-
 def batch_reporter(on_progress, epoch: int, epochs: int, total: int):
     """The per-batch callback `train_one_epoch` takes (None when nobody listens)."""
     if on_progress is None:
@@ -200,9 +166,9 @@ def record_epoch(
 
 
 def fit_from_scratch(config: TrainConfig, model, data: PreparedData, prep, on_progress=None):
-    """SGD with one-cycle LR over `config.epochs`; returns per-epoch history."""
+    """SGD with one-cycle LR over `config.epochs`; returns (history, val probabilities)."""
     generator = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = len(list(range(0, len(data.train_labels), config.batch_size)))
+    steps = steps_per_epoch(len(data.train_labels), config.batch_size)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.learning_rate,
@@ -211,34 +177,16 @@ def fit_from_scratch(config: TrainConfig, model, data: PreparedData, prep, on_pr
         weight_decay=config.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=config.learning_rate,
-        total_steps=config.epochs * steps_per_epoch + 1,
-        pct_start=0.25,
+        optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps, pct_start=0.25
     )
     normalizer = BatchNormalizer(prep, generator)
+    images, labels = pixel_tensors(data.train_pixels, data.train_labels)
     history, result = [], None
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        on_batch = batch_reporter(on_progress, epoch, config.epochs, steps_per_epoch)
-        loader = batches(data.train_pixels, data.train_labels, config.batch_size, generator)
+        on_batch = batch_reporter(on_progress, epoch, config.epochs, steps)
+        loader = batches(images, labels, config.batch_size, generator)
         train_stats = train_one_epoch(model, loader, optimizer, scheduler, normalizer, on_batch)
         result = evaluate(model, data.val_inputs, data.val_labels)
         record_epoch(history, epoch, train_stats, result, started, on_progress)
     return history, result["probabilities"]
-
-
-def train(
-    config: TrainConfig, data: PreparedData, class_names, on_progress: ProgressFn | None = None
-):
-    set_seed(config.seed)
-    prep = preprocessing_for(config.architecture, config.image_size, class_names)
-    if config.architecture == "efficientnet_lite0":
-        from model_lib.efficientnet import fit_transfer
-
-        model, history, val_probs = fit_transfer(config, data, prep, on_progress)
-    else:
-        model = build_model(config.architecture, len(class_names))
-        history, val_probs = fit_from_scratch(config, model, data, prep, on_progress)
-    model.eval()
-    return TrainResult(model, prep, history, val_probs, data.val_labels)

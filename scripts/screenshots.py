@@ -16,6 +16,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
+
 OUT = Path("docs/screenshots")
 
 
@@ -64,7 +66,7 @@ def main() -> None:
 
     client = MlflowClient(mlflow_url)
     training = client.get_experiment_by_name("catdog-training")
-    champion = client.get_model_version_by_alias("catdog-classifier", "champion")
+    champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
     monitoring = client.get_experiment_by_name("catdog-monitoring")
     if monitoring is None:
         raise SystemExit("no evaluation run yet: run `make evaluate` first")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from model_lib.monitoring import SHIFTS, send_traffic
+from model_lib.traffic import SHIFTS, send_traffic
 
 
 def main() -> None:

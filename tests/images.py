@@ -1,4 +1,4 @@
-"""Tiny generated images for unit tests (no data download needed)."""
+"""Tiny generated images and request bodies for tests (no data download needed)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,18 @@ def write_dataset(root, per_class: int = 12, classes=("cat", "dog"), size=(40, 4
             pixels = np.clip(base + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255)
             Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{name}.{index}.jpg", "JPEG")
     return root
+
+
+BOUNDARY = "testboundary42"
+
+
+def multipart_body(*parts: tuple[str, str | None, bytes], boundary: str = BOUNDARY) -> bytes:
+    """(field name, filename or None, content) parts -> a multipart/form-data body."""
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()

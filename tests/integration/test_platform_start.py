@@ -8,46 +8,14 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.servers import BIN, ROOT, free_port
+from bench.servers import BIN
+from tests.integration.platform import platform_env, services_cli
 
 SLOW_START_SECONDS = 45
-
-
-def platform_env(run_dir: Path, bin_dir: Path = BIN) -> dict:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PREFECT_", "MLFLOW_", "BENTO", "CATDOG_"))
-    }
-    env.update(
-        CATDOG_RUN_DIR=str(run_dir),
-        PREFECT_PORT=str(free_port()),
-        MLFLOW_PORT=str(free_port()),
-        BENTO_PORT=str(free_port()),
-        CATDOG_START_TIMEOUT="900",
-    )
-    # scripts/env.sh derives the rest (URLs, state folders) from these.
-    script = f". {ROOT}/scripts/env.sh && env -0"
-    raw = subprocess.run(["bash", "-c", script], env=env, capture_output=True, check=True).stdout
-    derived = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-    return {**derived, "PATH": f"{bin_dir}{os.pathsep}{derived['PATH']}"}
-
-
-def services_cli(env: dict, action: str, python: str = sys.executable, timeout: float = 1200):
-    return subprocess.run(
-        [python, str(ROOT / "scripts" / "services.py"), action],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import io
 import json
-import os
 import re
 import sys
 import time
@@ -23,129 +21,34 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.servers import BIN, ROOT, run
+from model_lib.client import metric_samples, metric_total
 from model_lib.image_stats import STAT_COLUMNS
 from model_lib.inference_log import InferenceLog
+from model_lib.monitoring import inference_frame
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import decode_image, to_model_input
 from tests.conftest import TEST_IMAGES
-from tests.servers import BIN, ROOT, Server, free_port, run
+from tests.images import multipart_body
+from tests.integration.service_runner import MLFLOW_VERSION, save_to_store, serving, store_env
 
-MLFLOW_VERSION = "42"  # the version the test store's metadata claims
 TEN_MB = 10 * 1024 * 1024
-TEMPORARY_CONFIG = {"data_fraction": 0.3, "epochs": 3, "image_size": 64}
-
-
-# ---------------------------------------------------------------- fixtures
-def _train_temporary_model(out: Path) -> Path:
-    """A small baseline trained for real (1-2 minutes on 2 cores), cached by data version,
-    model code and config. These tests judge the service, not the model: they need real
-    weights that get clear photos right, not the best ones."""
-    inputs = [
-        ROOT / "data.dvc",
-        ROOT / "model_lib" / "models.py",
-        ROOT / "model_lib" / "training.py",
-    ]
-    key = hashlib.sha256(
-        ("".join(p.read_text() for p in inputs) + json.dumps(TEMPORARY_CONFIG)).encode()
-    ).hexdigest()[:16]
-    cached = ROOT / ".run" / "test-cache" / f"service-baseline-{key}.onnx"
-    if cached.is_file():
-        return cached
-    code = f"""
-import sys
-from pathlib import Path
-from model_lib import data as data_lib
-from model_lib.config import TrainConfig
-from model_lib.export import export_onnx
-from model_lib.models import preprocessing_for
-from model_lib.training import prepare_data, train
-
-config = TrainConfig(**{TEMPORARY_CONFIG!r}, data_dir=sys.argv[1])
-items, classes = data_lib.discover_images(config.data_dir)
-train_items, val_items = data_lib.split(items, config.val_percent, config.data_fraction)
-prep = preprocessing_for(config.architecture, config.image_size, classes)
-result = train(config, prepare_data(config, train_items, val_items, prep), classes)
-export_onnx(result.model, sys.argv[2], result.preprocessing)
-"""
-    partial = out / "model.onnx"
-    run([sys.executable, "-c", code, str(ROOT / "data"), str(partial)], _env(), timeout=1200)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial.replace(cached)
-    return cached
-
-
-@pytest.fixture(scope="session")
-def model_onnx(tmp_path_factory, real_data) -> Path:
-    return _train_temporary_model(tmp_path_factory.mktemp("onnx"))
-
-
-def _env(**extra) -> dict:
-    """The environment of the processes started here: no CATDOG_* setting leaks in."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CATDOG_")}
-    return {**inherited, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **extra}
-
-
-SAVE_TO_STORE = """
-import shutil, sys
-from pathlib import Path
-import pandas as pd
-from model_lib.image_stats import image_statistics
-from model_lib.packaging import Champion, save_to_bento_store
-from model_lib.preprocess import decode_image
-
-onnx, folder, version = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-shutil.copy(onnx, folder / "model.onnx")
-photos = sorted(Path(sys.argv[4]).glob("*/*.jpg"))[:10]
-rows = [image_statistics(decode_image(p.read_bytes()), p.stat().st_size) for p in photos]
-pd.DataFrame(rows).to_csv(folder / "reference_stats.csv", index=False)
-champion = Champion("catdog-classifier", version, "test-run", "0.9", folder, "float32")
-print(save_to_bento_store(champion))
-"""
 
 
 @pytest.fixture(scope="module")
 def served(model_onnx, tmp_path_factory):
     """`bentoml serve` from the project root, the model saved into a temp store by packaging."""
     state = tmp_path_factory.mktemp("service")
-    folder = state / "champion"
-    folder.mkdir()
-    env = _env(
-        BENTOML_HOME=str(state / "bentoml"),
-        CATDOG_INFERENCE_LOG=str(state / "inference_log.sqlite"),
-    )
-    saved = run(
-        [
-            sys.executable,
-            "-c",
-            SAVE_TO_STORE,
-            str(model_onnx),
-            str(folder),
-            MLFLOW_VERSION,
-            str(ROOT / "data"),
-        ],
-        env,
-    )
-    port = free_port()
-    server = Server(
-        "bentoml",
-        [str(BIN / "bentoml"), "serve", "bento.service:CatDogClassifier", "--host", "127.0.0.1"]
-        + ["--port", str(port)],
-        state / "bentoml.log",
-        env,
-    )
-    try:
-        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=180)
+    model_tag = save_to_store(model_onnx, state)
+    with serving(state) as service:
         yield {
-            "url": f"http://127.0.0.1:{port}",
-            "server": server,
-            "log": Path(env["CATDOG_INFERENCE_LOG"]),
-            "env": env,
-            "model_tag": saved.stdout.split()[-1],
+            "url": service.url,
+            "server": service.server,
+            "log": state / "inference_log.sqlite",
+            "env": service.env,
+            "model_tag": model_tag,
         }
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -180,24 +83,6 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue()
-
-
-def metric_samples(url: str) -> dict[tuple, float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def metric_total(samples: dict, name: str, **labels) -> float:
-    """Sum of `name` over label sets that include `labels` (several workers, versions...)."""
-    return sum(
-        value
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and set(labels.items()) <= set(sample_labels)
-    )
 
 
 # ---------------------------------------------------------------- good requests
@@ -314,17 +199,6 @@ def test_exif_rotated_photo_is_classified_upright(url):
 
 
 # ---------------------------------------------------------------- bad requests
-def _multipart(parts: list[tuple[str, str | None, bytes]], boundary="testboundary42") -> bytes:
-    out = b""
-    for name, filename, data in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
-        out += data + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
-
-
 @functools.cache
 def _bomb_png() -> bytes:
     return encode(Image.new("L", (8000, 6000)), "PNG")  # 48 MP in ~50 kB
@@ -380,7 +254,7 @@ def bad_requests() -> dict[str, tuple[dict, int, str]]:
         ),
         "two_image_fields": (
             {
-                "content": _multipart([("image", None, jpeg), ("image", None, jpeg)]),
+                "content": multipart_body(("image", None, jpeg), ("image", None, jpeg)),
                 "headers": {"Content-Type": mp},
             },
             400,
@@ -420,7 +294,7 @@ def bad_requests() -> dict[str, tuple[dict, int, str]]:
         ),
         "unterminated_multipart": (
             {
-                "content": _multipart([("image", "a.jpg", jpeg)])[:-30],
+                "content": multipart_body(("image", "a.jpg", jpeg))[:-30],
                 "headers": {"Content-Type": mp},
             },
             400,
@@ -578,7 +452,7 @@ def test_inference_log_rows_with_their_source(served):
     rows = {}
     while time.monotonic() < deadline and len(rows) < 2:
         if served["log"].exists():
-            frame = log.read(exclude_sources=())
+            frame = inference_frame(log, exclude_sources=())
             rows = {
                 r["request_id"]: r
                 for r in frame.to_dict("records")
@@ -595,8 +469,8 @@ def test_inference_log_rows_with_their_source(served):
         assert row["width"] == 200 and row["height"] == 200
         assert all(np.isfinite(row[c]) for c in STAT_COLUMNS)
     # The monitoring flow's default read leaves the evaluation traffic out.
-    assert "il-eval" not in set(log.read()["request_id"])
-    assert "il-user" in set(log.read()["request_id"])
+    assert "il-eval" not in set(inference_frame(log)["request_id"])
+    assert "il-user" in set(inference_frame(log)["request_id"])
 
 
 def test_openapi_page_documents_classify(url):
@@ -608,46 +482,38 @@ def test_openapi_page_documents_classify(url):
     assert {"200", "400", "413", "415", "422", "503"} <= set(operation["responses"])
 
 
-def test_bentoml_build_packs_the_declared_model(served, tmp_path):
-    """The model is a BentoModel class attribute: the bento built from the bentofile holds it."""
-    env = served["env"]
-    result = run(
-        [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "--output", "tag", str(ROOT)],
-        env,
-        timeout=300,
-    )
+def test_a_built_bento_holds_and_serves_the_model_version_it_was_built_with(model_onnx, tmp_path):
+    """The model is a BentoModel class attribute: the bento packs it, and serves it even
+    after a newer version became the store's latest."""
+    built_with = save_to_store(model_onnx, tmp_path, version="42")
+    build = [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "--output", "tag", str(ROOT)]
+    result = run(build, store_env(tmp_path), timeout=300)
     tag = [x for x in result.stdout.splitlines() if x.startswith("__tag__:")][-1][len("__tag__:") :]
     code = (
         "import sys, bentoml; "
         "print(' '.join(str(m.tag) for m in bentoml.get(sys.argv[1]).info.all_models))"
     )
-    models = run([sys.executable, "-c", code, tag], env).stdout.split()
-    assert models == [served["model_tag"]]
+    assert run([sys.executable, "-c", code, tag], store_env(tmp_path)).stdout.split() == [
+        built_with
+    ]
+    save_to_store(model_onnx, tmp_path, version="43")  # now the store's latest
+    photo = photos("cat")[0].read_bytes()
+    with serving(tmp_path, target=tag) as bento:
+        assert post_image(bento.url, photo).json()["model"]["version"] == "42"
+    with serving(tmp_path) as latest:  # the same store, without the bento: the latest
+        assert post_image(latest.url, photo).json()["model"]["version"] == "43"
 
 
 # ---------------------------------------------------------------- without a model
 def test_service_without_a_model_starts_unready_and_says_why(tmp_path):
-    home = tmp_path / "empty-bentoml-home"
-    env = _env(
-        BENTOML_HOME=str(home),
-        CATDOG_INFERENCE_LOG=str(tmp_path / "log.sqlite"),
-        CATDOG_WORKERS="2",  # each worker finds no model; the error must still appear once
-    )
-    port = free_port()
-    server = Server(
-        "bentoml-no-model",
-        [str(BIN / "bentoml"), "serve", "bento.service:CatDogClassifier", "--host", "127.0.0.1"]
-        + ["--port", str(port)],
-        tmp_path / "bentoml.log",
-        env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_http(f"{base}/livez", timeout=180)
+    # Two workers: each finds no model; the error must still appear once.
+    with serving(tmp_path, ready="/livez", CATDOG_WORKERS="2") as service:
+        base, server = service.url, service.server
         assert httpx.get(f"{base}/readyz", timeout=10).status_code == 503
         response = post_image(base, photos("cat")[0].read_bytes())
         assert response.status_code == 503
         assert response.json()["error"] == "model_unavailable"
+        home = tmp_path / "bentoml"
         message = f"no model 'catdog-classifier:latest' in the BentoML store at {home}"
         assert message in response.json()["detail"]
         assert "prefect deployment run package/champion" in response.json()["detail"]
@@ -660,72 +526,4 @@ def test_service_without_a_model_starts_unready_and_says_why(tmp_path):
         startup_errors = [json.loads(x) for x in log if '"event":"model_missing"' in x]
         assert len(startup_errors) == 1, log  # one clear error, not a traceback per worker
         assert startup_errors[0]["level"] == "error" and message in startup_errors[0]["message"]
-        assert not (tmp_path / "log.sqlite").exists()
-    finally:
-        server.stop()
-
-
-def test_service_module_imports_neither_torch_nor_pandas():
-    code = (
-        "import sys, bento.service; "
-        "assert 'torch' not in sys.modules, 'torch imported'; "
-        "assert 'pandas' not in sys.modules, 'pandas imported'"
-    )
-    run([sys.executable, "-c", code], _env())
-
-
-# ---------------------------------------------------------------- the micro-batcher, in process
-def test_micro_batcher_shares_model_calls_and_routes_results():
-    from bento.service import MicroBatcher, Overloaded
-
-    calls = []
-
-    def predict(batch):
-        calls.append(len(batch))
-        time.sleep(0.05)  # a slow model: requests queue up meanwhile
-        return batch * 10
-
-    async def scenario():
-        batcher = MicroBatcher(predict, max_batch_size=8, max_queue=100, workers=1)
-        batcher.start()
-        first = await batcher.predict(np.array([1.0]))  # alone: batch of one, no waiting
-        results = await asyncio.gather(*(batcher.predict(np.array([float(i)])) for i in range(12)))
-        await batcher.stop()
-        return first, results
-
-    first, results = asyncio.run(scenario())
-    assert first.tolist() == [10.0]
-    assert [r.tolist() for r in results] == [[10.0 * i] for i in range(12)]
-    assert calls[0] == 1 and max(calls) == 8 and sum(calls) == 13
-    assert len(calls) < 13  # shared calls
-
-    async def overload():
-        batcher = MicroBatcher(predict, max_batch_size=1, max_queue=2, workers=1)
-        batcher.start()
-        tasks = [asyncio.create_task(batcher.predict(np.array([1.0]))) for _ in range(6)]
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        await batcher.stop()
-        return outcomes
-
-    outcomes = asyncio.run(overload())
-    assert any(isinstance(o, Overloaded) for o in outcomes)
-    assert any(isinstance(o, np.ndarray) for o in outcomes)
-
-
-def test_micro_batcher_hands_a_model_error_to_every_waiting_request():
-    from bento.service import MicroBatcher
-
-    def broken(batch):
-        raise RuntimeError("model exploded")
-
-    async def scenario():
-        batcher = MicroBatcher(broken, workers=1)
-        batcher.start()
-        outcomes = await asyncio.gather(
-            *(batcher.predict(np.zeros(2)) for _ in range(3)), return_exceptions=True
-        )
-        await batcher.stop()
-        return outcomes
-
-    outcomes = asyncio.run(scenario())
-    assert all(isinstance(o, RuntimeError) and "exploded" in str(o) for o in outcomes)
+        assert not (tmp_path / "inference_log.sqlite").exists()

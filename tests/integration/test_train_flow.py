@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from tests.conftest import SMALL_TRAINING, python_cli, run_deployment
-from tests.servers import free_port
+from bench.servers import free_port
+from bench.servers import run as run_cli
+from tests.integration.conftest import SMALL_TRAINING, python_cli, run_deployment
 
 
 @pytest.fixture(scope="module")
@@ -15,16 +16,20 @@ def first_run(trained):
     return trained
 
 
-def test_run_has_params_tags_and_per_epoch_metrics(first_run):
+def test_run_has_params_tags_and_per_epoch_metrics(first_run, platform):
     client, run = first_run
     assert run.info.status == "FINISHED"
     assert run.data.params["architecture"] == "baseline_cnn"
     assert run.data.params["epochs"] == "2" and run.data.params["data_fraction"] == "0.04"
     assert run.data.tags["data_version"] == "3a9a37bd483767b91323d5fc9404137c.dir"
-    assert len(run.data.tags["git_commit"]) in (40, len("unknown"))
+    head = run_cli(["git", "rev-parse", "HEAD"], platform["env"]).stdout.strip()
+    assert run.data.tags["git_commit"] == head
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
-    assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
+    # The run's final accuracy is the validation report's (the gate and the report agree).
+    report = json.loads(open(client.download_artifacts(run.info.run_id, "val_report.json")).read())
+    assert run.data.metrics["val_accuracy"] == pytest.approx(report["accuracy"])
+    assert report["count"] == int(run.data.tags["val_images"])
     assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4
     for key in ("train_loss", "val_loss", "val_cat_f1", "val_dog_recall"):
         assert key in run.data.metrics

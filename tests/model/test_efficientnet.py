@@ -7,16 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from model_lib.config import TrainConfig
-from model_lib.data import discover_images, split
 from model_lib.efficientnet import WEIGHTS_MEAN, WEIGHTS_STD, efficientnet_lite0, weights_path
 from model_lib.export import PARITY_TOLERANCE, export_onnx, onnx_parity
-from model_lib.models import preprocessing_for
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import Preprocessing, decode_image, softmax, to_model_input
-from model_lib.training import prepare_data, train
 from tests.conftest import DATA
-from tests.images import write_dataset
+from tests.model.conftest import tiny_training
 
 # A fixed set of real photos (not chosen by how the model does on them).
 DOG_PHOTOS = [f"dog.{i}.jpg" for i in range(20)]
@@ -107,15 +103,8 @@ def test_two_class_onnx_export_matches_pytorch_on_real_photos(photos, tmp_path):
 def test_fit_transfer_end_to_end_on_tiny_images(tmp_path):
     """The whole transfer path on generated images: fresh views, replayed epochs,
     progress events, and validation probabilities that the returned model reproduces."""
-    items, class_names = discover_images(write_dataset(tmp_path / "data", per_class=12))
-    train_items, val_items = split(items, 25)
-    config = TrainConfig(
-        architecture="efficientnet_lite0", epochs=3, batch_size=8, image_size=64, learning_rate=0.01
-    )
-    prep = preprocessing_for(config.architecture, config.image_size, class_names)
-    data = prepare_data(config, train_items, val_items, prep)
-    events = []
-    result = train(config, data, class_names, on_progress=events.append)
+    run = tiny_training(tmp_path, architecture="efficientnet_lite0", image_size=64)
+    result, events, data = run.result, run.events, run.result.data
 
     assert [h["epoch"] for h in result.history] == [1, 2, 3]  # 3 > FRESH_VIEWS: one replay
     keys = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
@@ -125,6 +114,10 @@ def test_fit_transfer_end_to_end_on_tiny_images(tmp_path):
     assert batch_events and {"epoch", "epochs", "total", "loss", "images_per_second"} <= set(
         batch_events[0]
     )
+    # Every epoch, replayed or not, reports as many batches as it announced.
+    for epoch in (1, 2, 3):
+        seen = [e for e in batch_events if e["epoch"] == epoch]
+        assert len(seen) == seen[0]["total"]
     assert sum(1 for e in events if e.get("epoch_done")) == 3
     assert not result.model.training
     with torch.inference_mode():

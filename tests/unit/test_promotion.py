@@ -1,4 +1,4 @@
-from model_lib.tracking import decide_promotion, should_promote
+from model_lib.promotion import decide_promotion, should_promote
 
 
 def test_first_model_becomes_champion():

@@ -1,37 +1,44 @@
 import numpy as np
+import pytest
 import torch
 
-from model_lib.data import discover_images
+from model_lib.data import discover_images, load_pixels
 from model_lib.export import PARITY_TOLERANCE, export_onnx, onnx_parity
 from model_lib.models import build_model, preprocessing_for
 from model_lib.onnx_model import OnnxClassifier
-from model_lib.training import BatchNormalizer, load_pixels
+from model_lib.pipeline import export
+from model_lib.preprocess import normalize
+from model_lib.training import BatchNormalizer, batches, steps_per_epoch, train_one_epoch
 from tests.images import write_dataset
 
 
-def test_a_few_training_steps_lower_the_loss():
+def test_train_one_epoch_lowers_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     model = build_model("baseline_cnn", 2)
     prep = preprocessing_for("baseline_cnn", 64, ("cat", "dog"))
     images = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)
     labels = torch.tensor([0, 1] * 8)
-    inputs = BatchNormalizer(prep)(images)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(5):
-        loss = torch.nn.functional.cross_entropy(model(inputs), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    normalizer = BatchNormalizer(prep)  # no generator: no augmentation, the same inputs
+    losses = [
+        train_one_epoch(model, [(images, labels)], optimizer, None, normalizer)["train_loss"]
+        for _ in range(5)
+    ]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("count", [1, 5, 8, 9, 12, 16, 17, 100])
+def test_steps_per_epoch_counts_what_batches_yields(count):
+    generator = torch.Generator().manual_seed(0)
+    yielded = list(batches(torch.arange(count), torch.arange(count), 8, generator))
+    assert len(yielded) == steps_per_epoch(count, 8)
+    assert all(len(x) >= 4 for x, _ in yielded[1:])  # no tiny last batch
 
 
 def test_train_end_to_end_on_tiny_images(tiny_run):
     result = tiny_run.result
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert result.val_probabilities.shape == (len(tiny_run.val_items), 2)
+    assert result.val_probabilities.shape == (len(tiny_run.dataset.val_items), 2)
     assert sum(1 for e in tiny_run.events if e.get("epoch_done")) == 3
     # Two flat colours: a CNN that learns anything separates them.
     assert result.history[-1]["val_accuracy"] >= 0.9
@@ -42,11 +49,16 @@ def test_onnx_export_matches_pytorch_and_carries_preprocessing(tmp_path):
     prep = preprocessing_for("baseline_cnn", 64, class_names)
     model = build_model("baseline_cnn", 2).eval()
     path = export_onnx(model, tmp_path / "model.onnx", prep)
-    from model_lib.preprocess import normalize
-
     inputs = normalize(load_pixels(items, 64), prep)
     assert onnx_parity(model, path, inputs) <= PARITY_TOLERANCE
     classifier = OnnxClassifier(path)
     assert classifier.preprocessing == prep
     probs = classifier.predict_proba(inputs)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_pipeline_export_checks_parity_and_writes_the_served_file(tiny_run, tmp_path):
+    path, parity = export(tiny_run.result, tmp_path / "model.onnx")
+    assert parity <= PARITY_TOLERANCE
+    served = OnnxClassifier(path).predict_proba(tiny_run.result.data.val_inputs)
+    np.testing.assert_allclose(served, tiny_run.result.val_probabilities, atol=1e-4)

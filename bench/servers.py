@@ -1,4 +1,4 @@
-"""Start real servers as subprocesses for integration tests, and stop them."""
+"""Start real servers as subprocesses, and stop them (the benchmark and the integration tests)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,12 @@
 import numpy as np
+import pytest
 
-from model_lib.metrics import (
-    classification_report,
-    confusion_matrix,
-    flat_metrics,
-    latency_percentiles,
-)
+from model_lib.metrics import accuracy, classification_report, flat_metrics, latency_percentiles
 
 
 def test_confusion_matrix_rows_are_truth():
-    assert confusion_matrix([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], 2).tolist() == [[1, 1], [1, 2]]
+    report = classification_report([0, 0, 1, 1, 1], [0, 0, 1, 1, 0], ("cat", "dog"))
+    assert report["confusion_matrix"] == [[2, 0], [1, 2]]
 
 
 def test_report_on_known_inputs():
@@ -28,13 +25,15 @@ def test_class_never_predicted_has_zero_precision_not_nan():
     assert report["per_class"]["dog"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
 
 
-def test_latency_percentiles():
-    result = latency_percentiles(range(1, 101))
-    assert np.isclose(result["latency_p50_ms"], 50.5) and result["latency_p99_ms"] > 99
+def test_latency_percentiles_interpolate_like_numpy():
+    values = [3.0, 1.0, 7.5, 2.0, 10.0, 4.0, 6.0]
+    result = latency_percentiles(values)
+    expected = np.percentile(values, [50, 95, 99])
+    assert [result[f"latency_p{p}_ms"] for p in (50, 95, 99)] == pytest.approx(expected)
+    assert latency_percentiles([5.0])["latency_p99_ms"] == 5.0
+    assert np.isnan(latency_percentiles([])["latency_p50_ms"])
 
 
 def test_accuracy_counts_rows_whose_best_class_is_the_label():
-    from model_lib.metrics import accuracy
-
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     assert accuracy(probabilities, [0, 1, 1, 1]) == 0.75

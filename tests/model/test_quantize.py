@@ -9,7 +9,7 @@ from model_lib.quantize import INT8_TOLERANCE, calibration_inputs, int8_acceptab
 
 
 def test_int8_model_is_quantized_keeps_preprocessing_and_agrees_with_float32(tmp_path, tiny_run):
-    data, prep = tiny_run.data, tiny_run.prep
+    data, prep = tiny_run.result.data, tiny_run.prep
     fp32_path = export_onnx(tiny_run.result.model, tmp_path / "model.onnx", prep)
 
     int8_path = quantize_int8(

@@ -1,0 +1,44 @@
+"""The platform as `make up` starts it (scripts/services.py), on free ports in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.servers import BIN, ROOT, free_port
+
+
+def platform_env(run_dir: Path, bin_dir: Path = BIN, **settings: str) -> dict:
+    """The environment scripts/env.sh gives every command, for a platform in `run_dir`
+    on free ports; none of the caller's platform settings leak in."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "MLFLOW_", "BENTO", "CATDOG_"))
+    }
+    env.update(
+        CATDOG_RUN_DIR=str(run_dir),
+        PREFECT_PORT=str(free_port()),
+        MLFLOW_PORT=str(free_port()),
+        BENTO_PORT=str(free_port()),
+        CATDOG_START_TIMEOUT="900",
+        **settings,
+    )
+    script = f". {ROOT}/scripts/env.sh && env -0"
+    raw = subprocess.run(["bash", "-c", script], env=env, capture_output=True, check=True).stdout
+    derived = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    return {**derived, "PATH": f"{bin_dir}{os.pathsep}{derived['PATH']}"}
+
+
+def services_cli(env: dict, action: str, python: str = sys.executable, timeout: float = 1200):
+    """`make up|down|status|serve`: scripts/services.py ACTION in `env`."""
+    return subprocess.run(
+        [python, str(ROOT / "scripts" / "services.py"), action],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,31 @@
+"""What model_lib's modules are, and what importing one of them loads (tests' helper)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from bench.servers import ROOT
+
+MODEL_LIB = sorted(p.stem for p in (ROOT / "model_lib").glob("*.py") if p.stem != "__init__")
+# The training stack, bottom to top: each may import only those before it.
+LAYERS = ["efficientnet", "models", "export", "training", "transfer", "pipeline"]
+TORCH_FREE = set(MODEL_LIB) - set(LAYERS)
+
+PROBE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+files = sorted(getattr(m, "__file__", None) or "" for m in list(sys.modules.values()))
+print(json.dumps({"torch": "torch" in sys.modules, "pandas": "pandas" in sys.modules,
+                  "files": files}))
+"""
+
+
+def probe(module: str) -> dict:
+    """Import `module` alone in a fresh interpreter; what did it load?"""
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, module], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, f"import {module} failed:\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout.splitlines()[-1])

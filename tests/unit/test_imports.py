@@ -1,0 +1,71 @@
+"""The shape of the code: model_lib imports one way, at module top, and the serving
+path (what the bento holds) never imports torch or pandas. (Each module imported
+alone, in its own interpreter: tests/model/test_module_isolation.py.)"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+from graphlib import CycleError, TopologicalSorter
+
+import pytest
+import yaml
+
+from bench.servers import ROOT
+from tests.modules import LAYERS, MODEL_LIB, TORCH_FREE, probe
+
+
+def model_lib_imports(name: str) -> tuple[set[str], list[int]]:
+    """(model_lib modules `name` imports, line numbers of imports below module level)."""
+    tree = ast.parse((ROOT / "model_lib" / f"{name}.py").read_text())
+    imported, nested = set(), []
+    top_level = {id(node) for node in tree.body}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        if id(node) not in top_level:
+            nested.append(node.lineno)
+        if isinstance(node, ast.ImportFrom) and node.module == "model_lib":
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("model_lib."):
+            imported.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            imported |= {
+                a.name.split(".")[1] for a in node.names if a.name.startswith("model_lib.")
+            }
+    return imported, nested
+
+
+def test_model_lib_has_no_import_cycle_and_imports_only_at_module_top():
+    graph, nested = {}, {}
+    for name in MODEL_LIB:
+        graph[name], lines = model_lib_imports(name)
+        if lines:
+            nested[name] = lines
+    assert nested == {}, f"imports inside functions (module:lines): {nested}"
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as cycle:
+        pytest.fail(f"import cycle: {cycle.args[1]}")
+    assert set(order) == set(MODEL_LIB)
+    for index, layer in enumerate(LAYERS):
+        above = set(LAYERS[index + 1 :]) & graph[layer]
+        assert not above, f"{layer} imports {above}, which sit above it"
+    for name in TORCH_FREE:
+        assert not graph[name] & set(LAYERS), f"{name} imports the training stack"
+
+
+def test_the_service_imports_neither_torch_nor_pandas_and_the_bento_holds_its_modules():
+    loaded = probe("bento.service")
+    assert not loaded["torch"] and not loaded["pandas"]
+    ours = {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / f for f in loaded["files"] if f.startswith(str(ROOT)))
+        if ".venv" not in p.parts
+    }
+    assert "bento/service.py" in ours
+    include = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["include"]
+    missing = sorted(f for f in ours if not any(fnmatch.fnmatch(f, g) for g in include))
+    assert missing == [], f"bentofile.yaml's include misses {missing}"
+    packed = [f for f in MODEL_LIB if f"model_lib/{f}.py" in include]
+    assert set(packed) <= TORCH_FREE
