@@ -22,12 +22,13 @@ and `make` runs it before anything heavy is imported.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
-import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from string import Template
@@ -102,12 +103,29 @@ def _server_line(replica: Replica) -> str:
 def render(replicas: list[Replica]) -> str:
     return Template(TEMPLATE.read_text()).substitute(
         socket=socket_path(),
-        port=os.environ["BENTO_PORT"],
+        port=services.env_int("BENTO_PORT", 3000),
         bufsize=services.env_int("CATDOG_LB_BUFSIZE", 131072),
         maxconn=services.env_int("CATDOG_LB_MAXCONN", 512),
         monitor_uri=services.BALANCER_MONITOR_URI,
         servers="\n".join(f"    {_server_line(r)}" for r in replicas),
     )
+
+
+@contextmanager
+def exclusive(what: str):
+    """One change of what serves at a time (a rollout and a rollback would fight)."""
+    state_dir().mkdir(parents=True, exist_ok=True)
+    with open(state_dir() / "change.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BalancerError(
+                f"cannot {what}: another rollout or rollback is changing the replicas right now; "
+                "wait for it to finish (Prefect UI, flow `deploy`)"
+            ) from None
+        handle.write(f"{what}\n")
+        handle.flush()
+        yield
 
 
 # ------------------------------------------------------------------ runtime API
@@ -169,7 +187,7 @@ def _checked_up(name: str) -> bool:
 # ------------------------------------------------------------------ operations
 def up() -> None:
     """Start HAProxy (with the recorded replicas) and the watchdog, unless they run."""
-    platform = services.services()
+    platform = services.balancer_services()
     balancer = platform["haproxy"]
     if services.owned_pid(balancer) is None:
         state_dir().mkdir(parents=True, exist_ok=True)
@@ -267,7 +285,7 @@ def watch() -> None:
 
 
 def status() -> None:
-    stats = server_stats() if services.owned_pid(services.services()["haproxy"]) else {}
+    stats = server_stats() if services.owned_pid(services.balancer_services()["haproxy"]) else {}
     for replica in load():
         row = stats.get(replica.name, {})
         print(

@@ -319,7 +319,6 @@ def services() -> dict[str, Service]:
     env = os.environ
     state = run_dir()
     mlflow_port, prefect_port = int(env["MLFLOW_PORT"]), int(env["PREFECT_PORT"])
-    bento_port = int(env["BENTO_PORT"])
     mlflow_dir = state / "mlflow"
     return {
         "mlflow": Service(
@@ -375,10 +374,21 @@ def services() -> dict[str, Service]:
             # A worker whose server has gone may ignore SIGTERM for a while; SIGINT stops it.
             stop_signal=signal.SIGINT,
         ),
+        **balancer_services(),
+    }
+
+
+BALANCER_MONITOR_URI = "/lb/healthz"
+
+
+def balancer_services() -> dict[str, Service]:
+    """The balancer and its watchdog: they need only BENTO_PORT (and CATDOG_RUN_DIR)."""
+    bento_port = env_int("BENTO_PORT", 3000)
+    return {
         # The one address clients call (CATDOG_SERVICE_URL); replicas sit behind it.
         "haproxy": Service(
             "haproxy",
-            [haproxy_binary(), "-db", "-f", str(state / "balancer" / "haproxy.cfg")],
+            [haproxy_binary(), "-db", "-f", str(run_dir() / "balancer" / "haproxy.cfg")],
             port=bento_port,
             health_url=f"http://127.0.0.1:{bento_port}{BALANCER_MONITOR_URI}",
             fatal=("[ALERT]",),
@@ -390,9 +400,6 @@ def services() -> dict[str, Service]:
             "watchdog", [sys.executable, str(ROOT / "scripts" / "balancer.py"), "watch"]
         ),
     }
-
-
-BALANCER_MONITOR_URI = "/lb/healthz"
 
 
 def haproxy_binary() -> str:
