@@ -1,0 +1,198 @@
+"""Canary rollouts behind a real HAProxy, through the real Prefect worker.
+
+One story, in file order: the champion goes live (first deployment); a good
+candidate (the same weights registered as a new version) is promoted; a broken
+one (its model answers "cat" whatever the photo) is rolled back automatically;
+`deploy/rollback` puts the previous version back. Throughout each change a
+client loops through the balancer, and must see nothing but 200s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import threading
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import TEST_IMAGES, prefect_api, run_deployment
+from tests.servers import BIN, free_port, run
+
+MODEL = "catdog-classifier"
+# Small test model and a busy machine: accuracy and latency are judged leniently,
+# except accuracy against the stable version, which is what the broken candidate fails.
+CONFIG = {"observe_seconds": 5, "min_requests": 10, "min_accuracy": 0.0, "p95_slack_ms": 2000}
+
+
+@pytest.fixture(scope="module")
+def balancer_env(platform, tmp_path_factory):
+    """Where this module's balancer listens and keeps its state; stopped at the end."""
+    settings = {
+        "BENTO_PORT": str(free_port()),
+        "CATDOG_RUN_DIR": str(tmp_path_factory.mktemp("balancer-run")),
+    }
+    saved = {key: os.environ.get(key) for key in (*settings, "BENTOML_HOME")}
+    os.environ.update(settings, BENTOML_HOME=platform["env"]["BENTOML_HOME"])
+    try:
+        yield settings
+    finally:
+        from scripts import balancer, services
+
+        for service in (
+            *balancer.services.balancer_services().values(),
+            *services.replicas_started(),
+        ):
+            services.stop(service)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def deploy(platform, balancer_env, name: str, params: dict) -> dict:
+    """Run deploy/NAME with the balancer settings as job variables; the flow run."""
+    args = [str(BIN / "prefect"), "deployment", "run", name, "--watch"]
+    args += ["--params", json.dumps(params), "--job-variable", f"env={json.dumps(balancer_env)}"]
+    result = run(args, platform["env"], timeout=1200, check=False)
+    match = re.search(r"UUID: ([0-9a-f-]{36})", result.stdout)
+    assert match, f"no flow run id in:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    return prefect_api(platform, "GET", f"/flow_runs/{match.group(1)}")
+
+
+class LoopingClient:
+    """Posts photos through the balancer in a loop; records each status and version."""
+
+    def __init__(self, url: str):
+        self.url, self.seen = url, Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._photos = itertools.cycle(sorted(TEST_IMAGES.rglob("*.jpg"))[:20])
+
+    def _loop(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                photo: Path = next(self._photos)
+                try:
+                    response = client.post(
+                        f"{self.url}/classify",
+                        files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
+                        headers={"X-Catdog-Source": "rollout-test"},
+                    )
+                    version = response.json()["model"]["version"] if response.is_success else ""
+                    self.seen[(response.status_code, version)] += 1
+                except httpx.HTTPError as exc:
+                    self.seen[(type(exc).__name__, "")] += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(120)
+
+    def failures(self) -> dict:
+        return {key: n for key, n in self.seen.items() if key[0] != 200}
+
+
+def answering_versions(url: str, count: int = 20) -> set[str]:
+    photo = next((TEST_IMAGES / "dog").glob("*.jpg")).read_bytes()
+    versions = set()
+    with httpx.Client(timeout=60) as client:
+        for _ in range(count):
+            response = client.post(f"{url}/classify", files={"image": ("d.jpg", photo)})
+            assert response.status_code == 200, response.text
+            versions.add(response.json()["model"]["version"])
+    return versions
+
+
+@pytest.fixture(scope="module")
+def live(platform, trained, balancer_env):
+    """The champion packaged and rolled out as the first deployment."""
+    run_deployment(platform, "package/champion", {})
+    flow_run = deploy(platform, balancer_env, "deploy/rollout", {"config": CONFIG})
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
+    client = MlflowClient(platform["mlflow_uri"])
+    return {
+        "url": f"http://127.0.0.1:{balancer_env['BENTO_PORT']}",
+        "client": client,
+        "first": client.get_model_version_by_alias(MODEL, "champion").version,
+    }
+
+
+@pytest.fixture(scope="module")
+def candidates(platform, live, tmp_path_factory):
+    """A good and a broken candidate, each a registered version with its bento."""
+    from bench.candidates import build_candidate
+
+    os.environ["MLFLOW_TRACKING_URI"] = platform["mlflow_uri"]
+    work = tmp_path_factory.mktemp("candidates")
+    return {
+        "good": build_candidate(MODEL, live["first"], work),
+        "broken": build_candidate(MODEL, live["first"], work, constant_label="cat"),
+    }
+
+
+def production(live) -> str:
+    return live["client"].get_model_version_by_alias(MODEL, "production").version
+
+
+def test_first_deployment_serves_the_champion_through_the_balancer(live):
+    assert answering_versions(live["url"]) == {live["first"]}
+    assert production(live) == live["first"]
+
+
+def test_good_candidate_is_promoted_without_a_failed_request(
+    platform, balancer_env, live, candidates
+):
+    version, bento_tag = candidates["good"]
+    with LoopingClient(live["url"]) as client:
+        flow_run = deploy(
+            platform, balancer_env, "deploy/rollout", {"bento_tag": bento_tag, "config": CONFIG}
+        )
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
+    assert client.failures() == {}
+    # The client saw both versions: the canary took live traffic before promotion.
+    assert {v for (_, v) in client.seen} >= {live["first"], version}
+    assert answering_versions(live["url"]) == {version}
+    assert production(live) == version
+    tags = live["client"].get_model_version(MODEL, version).tags
+    assert tags["rollout_outcome"] == "completed"
+    assert tags["previous_production_version"] == live["first"]
+
+
+def test_broken_candidate_is_rolled_back_with_the_reason(platform, balancer_env, live, candidates):
+    good_version, _ = candidates["good"]
+    version, bento_tag = candidates["broken"]
+    with LoopingClient(live["url"]) as client:
+        flow_run = deploy(
+            platform, balancer_env, "deploy/rollout", {"bento_tag": bento_tag, "config": CONFIG}
+        )
+    assert flow_run["state"]["type"] == "FAILED"
+    assert "rolled back: accuracy" in flow_run["state"]["message"]
+    assert client.failures() == {}
+    assert answering_versions(live["url"]) == {good_version}
+    assert production(live) == good_version
+    tags = live["client"].get_model_version(MODEL, version).tags
+    assert tags["rollout_outcome"] == "rolled-back"
+    assert "below the stable version" in tags["rollout_reason"]
+
+
+def test_rollback_puts_the_previous_version_back(platform, balancer_env, live, candidates):
+    good_version, _ = candidates["good"]
+    with LoopingClient(live["url"]) as client:
+        flow_run = deploy(platform, balancer_env, "deploy/rollback", {})
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
+    assert client.failures() == {}
+    assert answering_versions(live["url"]) == {live["first"]}
+    assert production(live) == live["first"]
+    assert live["client"].get_model_version(MODEL, good_version).tags["rollout_outcome"] == (
+        "rolled-back"
+    )
