@@ -91,10 +91,13 @@ def _add_buckets(a, b):
 
 
 @task
-def score(replica: balancer.Replica, test_images_dir: str) -> monitoring.EvaluationResult:
-    """Accuracy on test_images/, sent to this replica alone (not through the balancer)."""
+def score(replica: balancer.Replica, test_images_dir: str) -> tuple[float, list[str], list[str]]:
+    """test_images/ sent to this replica alone (not through the balancer):
+    (accuracy, model versions that answered, labels answered)."""
     outcomes, class_names = monitoring.classify_folder(replica.url, test_images_dir, concurrency=4)
-    return monitoring.evaluate_outcomes(outcomes, class_names)
+    result = monitoring.evaluate_outcomes(outcomes, class_names)
+    labels = sorted({o.predicted for o in outcomes if o.predicted is not None})
+    return result.report["accuracy"], result.model_versions, labels
 
 
 @task
@@ -153,10 +156,10 @@ def _emit(name: str, model_name: str, version: str | None, bento_tag: str, reaso
     )
 
 
-def _served_version(result: monitoring.EvaluationResult) -> str | None:
-    if len(result.model_versions) > 1:
-        raise RolloutRejected(f"the candidate answered as several versions {result.model_versions}")
-    return result.model_versions[0] if result.model_versions else None
+def _served_version(versions: list[str]) -> str | None:
+    if len(versions) > 1:
+        raise RolloutRejected(f"the candidate answered as several versions {versions}")
+    return versions[0] if versions else None
 
 
 def _summary(bento_tag: str, verdict: Verdict, outcome: str) -> None:
@@ -171,7 +174,7 @@ def _summary(bento_tag: str, verdict: Verdict, outcome: str) -> None:
 
 
 # ------------------------------------------------------------------ flows
-@flow(name="deploy")
+@flow(name="deploy", log_prints=True)
 def rollout(
     bento_tag: str = f"{MODEL_NAME}:latest",
     replicas: int | None = None,
@@ -227,22 +230,21 @@ def canary(candidates, stable, config: RolloutConfig, test_images_dir: str):
         stable_weight,
         100 * config.canary_share if stable else 100,
     )
-    canary_score = score(candidates[0], test_images_dir)
+    canary_accuracy, versions, canary_labels = score(candidates[0], test_images_dir)
+    version = _served_version(versions)
     stable_score = score(stable[0], test_images_dir) if stable else None
-    version = _served_version(canary_score)
     time.sleep(config.observe_seconds)  # live traffic keeps flowing through both
     canary_side = Evidence(
-        canary_score.report["accuracy"], read_metrics(candidates) - canary_before
+        canary_accuracy, read_metrics(candidates) - canary_before, tuple(canary_labels)
     )
-    stable_side = (
-        Evidence(stable_score.report["accuracy"], read_metrics(stable) - stable_before)
-        if stable
-        else None
-    )
+    stable_side = None
+    if stable_score is not None:
+        accuracy, _, labels = stable_score
+        stable_side = Evidence(accuracy, read_metrics(stable) - stable_before, tuple(labels))
     return judge(config, canary_side, stable_side), version
 
 
-@flow(name="deploy")
+@flow(name="deploy", log_prints=True)
 def rollback(model_name: str = MODEL_NAME, replicas: int | None = None) -> str:
     """Put the version that served before the current `production` one back."""
     from mlflow import MlflowClient

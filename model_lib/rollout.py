@@ -111,6 +111,8 @@ class Evidence:
 
     accuracy: float  # on test_images/, sent to this side directly
     window: Window  # its /metrics over the canary period (live traffic + the accuracy run)
+    # Distinct labels it answered on test_images/ (which hold every class).
+    labels_answered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,16 @@ def judge(config: RolloutConfig, canary: Evidence, stable: Evidence | None) -> V
                 f"accuracy {canary.accuracy:.3f} on test_images is more than "
                 f"{config.max_accuracy_drop:.3f} below the stable version's {stable.accuracy:.3f}"
             )
+    # A model that answers one class whatever the photo (broken preprocessing, a
+    # broken file) scores the base rate: near a weak stable model's accuracy,
+    # yet plainly broken. Judged against what the stable version answers.
+    stable_labels = stable.labels_answered if stable is not None else ()
+    if len(canary.labels_answered) == 1 and len(stable_labels) != 1:
+        reasons.append(
+            f"it answers one class ({canary.labels_answered[0]!r}) for every photo of "
+            "test_images"
+            + (f", where the stable version answers {len(stable_labels)}" if stable_labels else "")
+        )
     if window.requests < config.min_requests:
         reasons.append(
             f"the canary answered only {window.requests} requests (at least "

@@ -126,3 +126,17 @@ def test_canary_weights_give_the_canaries_their_share(share, stable, canary, exp
 def test_config_refuses_a_share_of_everything():
     with pytest.raises(ValueError, match="canary_share"):
         RolloutConfig(canary_share=1.0)
+
+
+def test_a_canary_answering_one_class_for_everything_rolls_back():
+    stable = Evidence(0.52, side(0.52).window, ("cat", "dog"))
+    canary = Evidence(0.50, side(0.50).window, ("cat",))
+    verdict = judge(CONFIG, canary, stable)  # within the accuracy margin of a weak stable model
+    assert not verdict.promote
+    assert verdict.reasons == (
+        "it answers one class ('cat') for every photo of test_images, where the stable "
+        "version answers 2",
+    )
+    assert judge(CONFIG, Evidence(0.5, side(0.5).window, ("cat",)), None).reasons == (
+        "it answers one class ('cat') for every photo of test_images",
+    )

@@ -176,13 +176,14 @@ def test_broken_candidate_is_rolled_back_with_the_reason(platform, balancer_env,
             platform, balancer_env, "deploy/rollout", {"bento_tag": bento_tag, "config": CONFIG}
         )
     assert flow_run["state"]["type"] == "FAILED"
-    assert "rolled back: accuracy" in flow_run["state"]["message"]
+    assert "rolled back: " in flow_run["state"]["message"]
+    assert "it answers one class ('cat') for every photo" in flow_run["state"]["message"]
     assert client.failures() == {}
     assert answering_versions(live["url"]) == {good_version}
     assert production(live) == good_version
     tags = live["client"].get_model_version(MODEL, version).tags
     assert tags["rollout_outcome"] == "rolled-back"
-    assert "below the stable version" in tags["rollout_reason"]
+    assert "it answers one class ('cat')" in tags["rollout_reason"]
 
 
 def test_rollback_puts_the_previous_version_back(platform, balancer_env, live, candidates):
