@@ -62,6 +62,7 @@ class Load:
 
     url: str
     connections: int = 16
+    source: str = "bench-rollout"  # X-Catdog-Source: marks this traffic in the inference log
     records: list[Record] = field(default_factory=list)
 
     def __post_init__(self):
@@ -80,7 +81,7 @@ class Load:
                 response = await client.post(
                     f"{self.url}/classify",
                     files={"image": (name, payload, "image/jpeg")},
-                    headers={"X-Catdog-Source": "bench-rollout"},
+                    headers={"X-Catdog-Source": self.source},
                 )
                 version = response.json()["model"]["version"] if response.is_success else ""
                 record = Record(started, time.monotonic(), response.status_code, version)

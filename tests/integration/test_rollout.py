@@ -9,18 +9,15 @@ client loops through the balancer, and must see nothing but 200s.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
-import threading
-from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
 from mlflow import MlflowClient
 
+from bench.rollout import Load
 from tests.conftest import TEST_IMAGES, prefect_api, run_deployment
 from tests.servers import BIN, free_port, run
 
@@ -66,40 +63,17 @@ def deploy(platform, balancer_env, name: str, params: dict) -> dict:
     return prefect_api(platform, "GET", f"/flow_runs/{match.group(1)}")
 
 
-class LoopingClient:
-    """Posts photos through the balancer in a loop; records each status and version."""
+def looping_client(url: str) -> Load:
+    """Two connections posting photos through the balancer until the block ends."""
+    return Load(url, connections=2, source="rollout-test")
 
-    def __init__(self, url: str):
-        self.url, self.seen = url, Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._photos = itertools.cycle(sorted(TEST_IMAGES.rglob("*.jpg"))[:20])
 
-    def _loop(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self._stop.is_set():
-                photo: Path = next(self._photos)
-                try:
-                    response = client.post(
-                        f"{self.url}/classify",
-                        files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
-                        headers={"X-Catdog-Source": "rollout-test"},
-                    )
-                    version = response.json()["model"]["version"] if response.is_success else ""
-                    self.seen[(response.status_code, version)] += 1
-                except httpx.HTTPError as exc:
-                    self.seen[(type(exc).__name__, "")] += 1
+def failures(load: Load) -> list:
+    return [(r.status, r.version) for r in load.records if r.status != 200]
 
-    def __enter__(self):
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join(120)
-
-    def failures(self) -> dict:
-        return {key: n for key, n in self.seen.items() if key[0] != 200}
+def versions_seen(load: Load) -> set[str]:
+    return {r.version for r in load.records if r.version}
 
 
 def answering_versions(url: str, count: int = 20) -> set[str]:
@@ -153,14 +127,15 @@ def test_good_candidate_is_promoted_without_a_failed_request(
     platform, balancer_env, live, candidates
 ):
     version, bento_tag = candidates["good"]
-    with LoopingClient(live["url"]) as client:
+    with looping_client(live["url"]) as client:
         flow_run = deploy(
             platform, balancer_env, "deploy/rollout", {"bento_tag": bento_tag, "config": CONFIG}
         )
     assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
-    assert client.failures() == {}
+    assert client.records, "the client sent nothing"
+    assert failures(client) == []
     # The client saw both versions: the canary took live traffic before promotion.
-    assert {v for (_, v) in client.seen} >= {live["first"], version}
+    assert versions_seen(client) >= {live["first"], version}
     assert answering_versions(live["url"]) == {version}
     assert production(live) == version
     tags = live["client"].get_model_version(MODEL, version).tags
@@ -171,14 +146,15 @@ def test_good_candidate_is_promoted_without_a_failed_request(
 def test_broken_candidate_is_rolled_back_with_the_reason(platform, balancer_env, live, candidates):
     good_version, _ = candidates["good"]
     version, bento_tag = candidates["broken"]
-    with LoopingClient(live["url"]) as client:
+    with looping_client(live["url"]) as client:
         flow_run = deploy(
             platform, balancer_env, "deploy/rollout", {"bento_tag": bento_tag, "config": CONFIG}
         )
     assert flow_run["state"]["type"] == "FAILED"
     assert "rolled back: " in flow_run["state"]["message"]
     assert "it answers one class ('cat') for every photo" in flow_run["state"]["message"]
-    assert client.failures() == {}
+    assert client.records, "the client sent nothing"
+    assert failures(client) == []
     assert answering_versions(live["url"]) == {good_version}
     assert production(live) == good_version
     tags = live["client"].get_model_version(MODEL, version).tags
@@ -188,10 +164,11 @@ def test_broken_candidate_is_rolled_back_with_the_reason(platform, balancer_env,
 
 def test_rollback_puts_the_previous_version_back(platform, balancer_env, live, candidates):
     good_version, _ = candidates["good"]
-    with LoopingClient(live["url"]) as client:
+    with looping_client(live["url"]) as client:
         flow_run = deploy(platform, balancer_env, "deploy/rollback", {})
     assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
-    assert client.failures() == {}
+    assert client.records, "the client sent nothing"
+    assert failures(client) == []
     assert answering_versions(live["url"]) == {live["first"]}
     assert production(live) == live["first"]
     assert live["client"].get_model_version(MODEL, good_version).tags["rollout_outcome"] == (
