@@ -264,7 +264,13 @@ def retire(replica: Replica, drain_timeout: float = 60) -> None:
             timeout=drain_timeout,
         )
         checked(f"set server {BACKEND}/{replica.name} state maint")
-        checked(f"del server {BACKEND}/{replica.name}")
+        # Refused while HAProxy still holds a connection to it, idle ones included.
+        wait_for(
+            lambda: command(f"del server {BACKEND}/{replica.name}") == "Server deleted.",
+            f"HAProxy to delete server {replica.name}",
+            timeout=30,
+            detail=lambda: command(f"del server {BACKEND}/{replica.name}"),
+        )
     # Out of the state before the process stops, so the watchdog does not restart it.
     save([r for r in load() if r.port != replica.port])
     services.stop(replica.service)
