@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 
 import httpx
 import pytest
@@ -165,7 +166,8 @@ def test_broken_candidate_is_rolled_back_with_the_reason(platform, balancer_env,
 def test_rollback_puts_the_previous_version_back(platform, balancer_env, live, candidates):
     good_version, _ = candidates["good"]
     with looping_client(live["url"]) as client:
-        flow_run = deploy(platform, balancer_env, "deploy/rollback", {})
+        # Two replicas this time: the next test kills one of them.
+        flow_run = deploy(platform, balancer_env, "deploy/rollback", {"replicas": 2})
     assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
     assert client.records, "the client sent nothing"
     assert failures(client) == []
@@ -174,3 +176,30 @@ def test_rollback_puts_the_previous_version_back(platform, balancer_env, live, c
     assert live["client"].get_model_version(MODEL, good_version).tags["rollout_outcome"] == (
         "rolled-back"
     )
+
+
+def test_a_killed_replica_costs_no_request_and_is_restarted(live):
+    from scripts import balancer, services
+
+    replicas = balancer.load()
+    assert len(replicas) == 2
+    victim = replicas[0]
+    pid = services.owned_pid(victim.service)
+    with looping_client(live["url"]) as client:
+        balancer.wait_for(lambda: len(client.records) > 20, "20 answers before the kill", 120)
+        os.killpg(pid, signal.SIGKILL)
+        # The watchdog starts it again on the same port; HAProxy's check puts it back.
+        balancer.wait_for(
+            lambda: services.owned_pid(victim.service) not in (None, pid), "a restart", 120
+        )
+        balancer.wait_for(
+            lambda: (
+                balancer.server_stats()[victim.name]["check_status"] == "L7OK"
+                and balancer.server_stats()[victim.name]["status"] == "UP"
+            ),
+            "the restarted replica back in HAProxy",
+            900,
+        )
+    assert client.records, "the client sent nothing"
+    assert failures(client) == []
+    assert [r.port for r in balancer.load()] == [r.port for r in replicas]
