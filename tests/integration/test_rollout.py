@@ -194,7 +194,8 @@ def test_a_killed_replica_costs_no_request_and_is_restarted(live):
         )
         balancer.wait_for(
             lambda: (
-                balancer.server_stats()[victim.name]["check_status"] == "L7OK"
+                services.healthy(victim.service.health_url)
+                and balancer.server_stats()[victim.name]["check_status"] == "L7OK"
                 and balancer.server_stats()[victim.name]["status"] == "UP"
             ),
             "the restarted replica back in HAProxy",
