@@ -179,7 +179,7 @@ def wait_for(condition, what: str, timeout: float, detail=None) -> None:
         time.sleep(0.25)
 
 
-def _checked_up(name: str) -> bool:
+def checked_up(name: str) -> bool:
     row = server_stats().get(name, {})
     return row.get("status") == "UP" and row.get("check_status") == "L7OK"
 
@@ -236,7 +236,7 @@ def attach(replica: Replica, weight: int) -> Replica:
     # A server leaving maintenance counts as UP before its first check: wait for a
     # passed check (L7OK) before it gets a weight.
     wait_for(
-        lambda: _checked_up(replica.name),
+        lambda: checked_up(replica.name),
         f"HAProxy's health check of replica {replica.name} to pass",
         timeout=60,
         detail=lambda: server_stats().get(replica.name, {}).get("last_chk", ""),

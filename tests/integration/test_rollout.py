@@ -194,9 +194,7 @@ def test_a_killed_replica_costs_no_request_and_is_restarted(live):
         )
         balancer.wait_for(
             lambda: (
-                services.healthy(victim.service.health_url)
-                and balancer.server_stats()[victim.name]["check_status"] == "L7OK"
-                and balancer.server_stats()[victim.name]["status"] == "UP"
+                services.healthy(victim.service.health_url) and balancer.checked_up(victim.name)
             ),
             "the restarted replica back in HAProxy",
             900,
