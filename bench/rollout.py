@@ -172,10 +172,7 @@ def kill_one_replica() -> dict:
     )
     restarted = time.monotonic()
     balancer.wait_for(
-        lambda: (
-            balancer.server_stats()[victim.name]["status"] == "UP"
-            and services.healthy(victim.service.health_url)
-        ),
+        lambda: services.healthy(victim.service.health_url) and balancer.checked_up(victim.name),
         "the restarted replica back in HAProxy",
         timeout=900,
     )
