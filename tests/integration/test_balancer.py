@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import threading
 from collections import Counter
 
@@ -133,3 +134,23 @@ def test_a_replica_killed_mid_load_costs_no_request(lb):
         for thread in threads:
             thread.join(60)
     assert set(seen) == {200}, seen
+
+
+def test_config_rendered_from_the_recorded_replicas_is_valid(tmp_path, monkeypatch):
+    monkeypatch.setenv("CATDOG_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("BENTO_PORT", "18000")
+    replicas = [
+        balancer.Replica(18001, "catdog-classifier:a", 90),
+        balancer.Replica(18002, "b", 10),
+    ]
+    balancer.save(replicas)
+    assert balancer.load() == replicas
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(balancer.render(balancer.load()))
+    text = config.read_text()
+    assert "server r18001 127.0.0.1:18001 check inter 1s fall 2 rise 2 weight 90" in text
+    assert "bind 127.0.0.1:18000" in text
+    check = subprocess.run(
+        [services.haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
