@@ -66,6 +66,7 @@ def platform(tmp_path_factory, real_data):
         "PREFECT_HOME": str(state / "prefect"),
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
         "BENTOML_HOME": str(state / "bentoml"),
         "CATDOG_INFERENCE_LOG": str(state / "inference_log.sqlite"),
@@ -85,6 +86,10 @@ def platform(tmp_path_factory, real_data):
                 f"sqlite:///{state}/mlflow.db",
                 "--artifacts-destination",
                 str(state / "artifacts"),
+                # As scripts/services.py: 4 workers importing mlflow at once on a busy
+                # 2-core machine were not healthy within the wait below.
+                "--workers",
+                "1",
             ],
             state / "mlflow.log",
             env,
