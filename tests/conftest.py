@@ -67,6 +67,8 @@ def platform(tmp_path_factory, real_data):
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # prefect.yaml names the pool "{{ $CATDOG_WORK_POOL }}"; the pool created below.
+        "CATDOG_WORK_POOL": "local",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
         "BENTOML_HOME": str(state / "bentoml"),
         "CATDOG_INFERENCE_LOG": str(state / "inference_log.sqlite"),
