@@ -31,7 +31,6 @@ import asyncio
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -162,9 +161,11 @@ def kill_one_replica() -> dict:
         raise SystemExit(f"expected 2 replicas behind the balancer, found {len(replicas)}")
     victim = replicas[0]
     pid = services.owned_pid(victim.service)
-    os.killpg(pid, signal.SIGKILL)
+    # The whole replica: `bentoml serve` and its workers (which run in sessions of their own).
+    tree = services.descendants(pid)
+    services.kill_all(tree)
     killed = time.monotonic()
-    print(f"    killed replica {victim.name} (process group {pid}) with SIGKILL", flush=True)
+    print(f"    killed replica {victim.name} (pids {sorted(tree)}) with SIGKILL", flush=True)
     balancer.wait_for(
         lambda: services.owned_pid(victim.service) not in (None, pid),
         "the watchdog restarting the replica",

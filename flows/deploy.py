@@ -56,15 +56,7 @@ def resolve_bento(bento_tag: str) -> str:
 
 @task
 def start_replicas(bento_tag: str, count: int) -> list[balancer.Replica]:
-    started = []
-    try:
-        for _ in range(count):
-            started.append(balancer.start_replica(bento_tag))
-    except balancer.services.ServiceError:
-        for replica in started:
-            balancer.retire(replica)
-        raise
-    return started
+    return balancer.start_replicas(bento_tag, count)
 
 
 @task

@@ -202,28 +202,64 @@ def up() -> None:
 
 def _ensure_running(replica: Replica) -> None:
     if services.owned_pid(replica.service) is None:
+        _clear_leftovers(replica)
         services.prepare_replica_home(replica.port)
         services.start(replica.service)
         services.wait_healthy(replica.service)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _clear_leftovers(replica: Replica) -> None:
+    """Kill what is left of a replica whose main process died.
+
+    bentoml's worker processes run in sessions of their own: when the `bentoml
+    serve` process is killed they live on, answering on its port (so HAProxy
+    still sees the replica healthy) with nothing to supervise them, and block
+    the restart. Only processes listening on the replica's port and running
+    its bento are killed.
+    """
+    leftovers = {
+        pid
+        for pid in services.listener_pids(replica.port) or ()
+        if replica.bento_tag in (services.command_line(pid) or [])
+    }
+    if leftovers:
+        services.log(f"{replica.name}: killing leftover worker(s) {sorted(leftovers)}")
+        services.kill_all(leftovers)
+        wait_for(
+            lambda: not services.listener_pids(replica.port),
+            f"port {replica.port} to be free",
+            timeout=30,
+        )
 
 
-def start_replica(bento_tag: str) -> Replica:
-    """A new replica of `bento_tag` on a free port, ready, but not yet behind the balancer."""
-    replica = Replica(free_port(), bento_tag, weight=0)
-    services.prepare_replica_home(replica.port)
-    services.start(replica.service)
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports nothing listens on now (held together while chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
     try:
-        services.wait_healthy(replica.service)
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def start_replicas(bento_tag: str, count: int) -> list[Replica]:
+    """`count` new replicas of `bento_tag`, ready, but not yet behind the balancer.
+
+    They start at once and are waited for together: their cold starts overlap."""
+    replicas = [Replica(port, bento_tag, weight=0) for port in free_ports(count)]
+    try:
+        for replica in replicas:
+            services.prepare_replica_home(replica.port)
+            services.start(replica.service)
+        for replica in replicas:
+            services.wait_healthy(replica.service)
     except services.ServiceError:
-        services.stop(replica.service)
+        for replica in replicas:
+            services.stop(replica.service)
         raise
-    return replica
+    return replicas
 
 
 def attach(replica: Replica, weight: int) -> Replica:

@@ -284,6 +284,9 @@ def stop(service: Service, grace_seconds: float = 20) -> None:
     if pid is None:
         service.pid_file.unlink(missing_ok=True)
         return
+    # Children may run in sessions of their own (bentoml's workers do): a SIGKILL
+    # of the group alone would leave them running, holding the port.
+    tree = descendants(pid)
     try:
         os.killpg(pid, service.stop_signal)
     except ProcessLookupError:
@@ -298,8 +301,18 @@ def stop(service: Service, grace_seconds: float = 20) -> None:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        kill_all(tree)
     service.pid_file.unlink(missing_ok=True)
     log(f"stopped {service.name}")
+
+
+def kill_all(pids: set[int]) -> None:
+    """SIGKILL every pid of `pids` that still runs."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def reap(pid: int) -> None:

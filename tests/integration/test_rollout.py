@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 
 import httpx
 import pytest
@@ -187,7 +186,8 @@ def test_a_killed_replica_costs_no_request_and_is_restarted(live):
     pid = services.owned_pid(victim.service)
     with looping_client(live["url"]) as client:
         balancer.wait_for(lambda: len(client.records) > 20, "20 answers before the kill", 120)
-        os.killpg(pid, signal.SIGKILL)
+        # The whole replica: `bentoml serve` and its workers (in sessions of their own).
+        services.kill_all(services.descendants(pid))
         # The watchdog starts it again on the same port; HAProxy's check puts it back.
         balancer.wait_for(
             lambda: services.owned_pid(victim.service) not in (None, pid), "a restart", 120
