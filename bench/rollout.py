@@ -183,11 +183,23 @@ def kill_one_replica() -> dict:
     }
 
 
+SCENARIOS = ("rollout", "kill", "broken", "rollback")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settle", type=float, default=10, help="seconds of load before/after")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, run in this order: {','.join(SCENARIOS)} "
+        "(kill needs 2 replicas serving, rollback a previous production version)",
+    )
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
+    chosen = args.scenarios.split(",")
+    if not set(chosen) <= set(SCENARIOS):
+        parser.error(f"--scenarios: choose among {SCENARIOS}")
     from mlflow import MlflowClient
 
     from bench.candidates import build_candidate
@@ -198,52 +210,58 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {os.getloadavg()}; production is v{stable}", flush=True)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as work:
-        good_version, good_bento = build_candidate(MODEL, stable, Path(work))
-        built = time.monotonic()
-        print(f"built good candidate v{good_version} ({good_bento})")
-        broken_version, broken_bento = build_candidate(
-            MODEL, stable, Path(work), constant_label="cat"
-        )
-        print(f"built broken candidate v{broken_version} ({broken_bento})")
+        if "rollout" in chosen:
+            good_version, good_bento = build_candidate(MODEL, stable, Path(work))
+            built = time.monotonic()
+            print(f"built good candidate v{good_version} ({good_bento})", flush=True)
+        if "broken" in chosen:
+            broken_version, broken_bento = build_candidate(
+                MODEL, stable, Path(work), constant_label="cat"
+            )
+            print(f"built broken candidate v{broken_version} ({broken_bento})", flush=True)
 
     def good():
         ok, seconds = run_flow("deploy/rollout", {"bento_tag": good_bento, "replicas": 2})
         return {"flow_completed": ok, "flow_seconds": round(seconds, 1)}
-
-    # The good candidate was built first; the broken one and the `settle` seconds
-    # of load before count in "bento built -> 100 %" too: they are stated apart.
-    results["rollout of a good candidate (2 replicas)"] = figures = scenario(
-        "rollout", url, args.settle, good
-    )
-    figures["built_to_100pct_s_excl_waits"] = figures["flow_seconds"]
-    figures["built_to_100pct_s_wall"] = round(time.monotonic() - built - args.settle, 1)
-    results["kill -9 of one of two replicas"] = scenario(
-        "kill -9", url, args.settle, kill_one_replica
-    )
 
     def broken():
         ok, seconds = run_flow("deploy/rollout", {"bento_tag": broken_bento, "replicas": 1})
         reason = client.get_model_version(MODEL, broken_version).tags.get("rollout_reason")
         return {"flow_completed": ok, "flow_seconds": round(seconds, 1), "reason": reason}
 
-    results["broken candidate (constant 'cat')"] = scenario("broken", url, args.settle, broken)
-
     def back():
         ok, seconds = run_flow("deploy/rollback")
         return {"flow_completed": ok, "flow_seconds": round(seconds, 1)}
 
-    results["rollback on demand"] = scenario("rollback", url, args.settle, back)
+    for name in chosen:
+        if name == "rollout":
+            figures = results["rollout of a good candidate (2 replicas)"] = scenario(
+                "rollout", url, args.settle, good
+            )
+            # From the good bento built to the flow's end (old replicas stopped); the
+            # broken candidate's build and `settle` s of load came in between.
+            figures["built_to_100pct_s_wall"] = round(time.monotonic() - built - args.settle, 1)
+        elif name == "kill":
+            results["kill -9 of one of two replicas"] = scenario(
+                "kill -9", url, args.settle, kill_one_replica
+            )
+        elif name == "broken":
+            results["broken candidate (constant 'cat')"] = scenario(
+                "broken", url, args.settle, broken
+            )
+        else:
+            results["rollback on demand"] = scenario("rollback", url, args.settle, back)
     print(f"\nload average at end: {os.getloadavg()}")
     header = f"{'phase':7} {'sent':>6} {'failed':>6} {'p50 ms':>8} {'p99 ms':>8}  versions"
     print(f"\n{'scenario':40} {header}")
+    phases = ("before", "during", "after", "total")
     for title, figures in results.items():
-        for name in ("before", "during", "after", "total"):
+        for name in phases:
             row = figures[name]
             print(
                 f"{title:40} {name:7} {row['requests']:6d} {row['failed']:6d} "
                 f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f}  {','.join(row['versions'])}"
             )
-        phases = ("before", "during", "after", "total")
         extra = {k: v for k, v in figures.items() if k not in phases}
         print(f"{'':40} {json.dumps(extra)}")
     if args.output:
