@@ -112,8 +112,9 @@ def platform(tmp_path_factory, real_data):
             env,
         )
         servers.append(prefect)
-        prefect.wait_http(f"http://127.0.0.1:{prefect_port}/api/health")
-        mlflow.wait_http(f"http://127.0.0.1:{mlflow_port}/health")
+        # Cold starts took minutes on a busy shared machine; a crash still fails at once.
+        prefect.wait_http(f"http://127.0.0.1:{prefect_port}/api/health", timeout=600)
+        mlflow.wait_http(f"http://127.0.0.1:{mlflow_port}/health", timeout=600)
         run([str(BIN / "prefect"), "work-pool", "create", "local", "--type", "process"], env)
         run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
         pause_schedules({"env": env}, "evaluate/scheduled")
