@@ -9,8 +9,9 @@ VENV_STAMP := .venv/.installed
 IMAGE ?= catdog-classifier:latest
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
-        package serve traffic evaluate urls containerize smoke bench bench-platform screenshots \
-        test test-unit test-data test-model test-integration lint format clean
+        package serve rollback serving bench-rollout traffic evaluate urls containerize smoke \
+        bench bench-platform screenshots test test-unit test-data test-model test-integration \
+        lint format clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,8 +57,15 @@ train-small: $(VENV_STAMP)  ## a quick real model (CI): EfficientNet-Lite0 head 
 package: $(VENV_STAMP)  ## champion -> BentoML model store -> bento (Prefect flow `package`)
 	$(RUN) package/champion
 
-serve: $(VENV_STAMP)  ## `bentoml serve` the packaged model in the background (port 3000)
-	$(ENV) python scripts/services.py serve
+serve: $(VENV_STAMP)  ## roll the latest packaged bento out behind the balancer (port 3000; REPLICAS=N)
+	command -v haproxy >/dev/null || apt-get install -y -q haproxy
+	$(RUN) deploy/rollout --params '{"bento_tag": "catdog-classifier:latest", "replicas": '$${REPLICAS:-null}'}'
+
+rollback: $(VENV_STAMP)  ## put the previous production version back (deploy/rollback), no failed request
+	$(RUN) deploy/rollback
+
+serving: $(VENV_STAMP)  ## which replicas serve behind the balancer, with their HAProxy state
+	$(ENV) python scripts/balancer.py status
 
 traffic: $(VENV_STAMP)  ## send test photos to the service (SHIFT=darker|blurred|grayscale|resized)
 	$(ENV) python scripts/traffic.py --count $${COUNT:-100} --shift $${SHIFT:-none}
@@ -74,6 +82,10 @@ smoke:  ## start the image, classify a cat and a dog, check errors, metrics, non
 bench: $(VENV_STAMP)  ## serving benchmark: raw ONNX ceiling vs service vs naive PyTorch (uses wrk)
 	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(ENV) python -m bench.serving --duration 10 --clients 1,4,16 --repeat $${REPEAT:-3}
+
+bench-rollout: $(VENV_STAMP)  ## 16 clients through the balancer during rollout, broken candidate, rollback, kill -9
+	command -v haproxy >/dev/null || apt-get install -y -q haproxy
+	$(ENV) python -m bench.rollout
 
 bench-platform: $(VENV_STAMP)  ## CPU of each service idle, and training speed with vs without the platform
 	$(ENV) python -m bench.platform_overhead --rounds $${REPEAT:-3}

@@ -1,6 +1,8 @@
 """Start, stop and inspect the platform's background services.
 
-    python scripts/services.py up|serve|down|status      (make up / serve / down / status)
+    python scripts/services.py up|down|status      (make up / down / status)
+
+The balancer and its replicas are started by scripts/balancer.py (make serve).
 
 Every service runs in its own session (so it outlives this command and stops
 as a group), with its pid file and log under $CATDOG_RUN_DIR. Settings come
@@ -282,6 +284,9 @@ def stop(service: Service, grace_seconds: float = 20) -> None:
     if pid is None:
         service.pid_file.unlink(missing_ok=True)
         return
+    # Children may run in sessions of their own (bentoml's workers do): a SIGKILL
+    # of the group alone would leave them running, holding the port.
+    tree = descendants(pid)
     try:
         os.killpg(pid, service.stop_signal)
     except ProcessLookupError:
@@ -296,8 +301,18 @@ def stop(service: Service, grace_seconds: float = 20) -> None:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        kill_all(tree)
     service.pid_file.unlink(missing_ok=True)
     log(f"stopped {service.name}")
+
+
+def kill_all(pids: set[int]) -> None:
+    """SIGKILL every pid of `pids` that still runs."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def reap(pid: int) -> None:
@@ -317,7 +332,6 @@ def services() -> dict[str, Service]:
     env = os.environ
     state = run_dir()
     mlflow_port, prefect_port = int(env["MLFLOW_PORT"]), int(env["PREFECT_PORT"])
-    bento_port = int(env["BENTO_PORT"])
     mlflow_dir = state / "mlflow"
     return {
         "mlflow": Service(
@@ -373,15 +387,84 @@ def services() -> dict[str, Service]:
             # A worker whose server has gone may ignore SIGTERM for a while; SIGINT stops it.
             stop_signal=signal.SIGINT,
         ),
-        "bento": Service(
-            "bento",
-            [bin_path("bentoml"), "serve", "--host", "127.0.0.1", "--port", str(bento_port)],
+        **balancer_services(),
+    }
+
+
+BALANCER_MONITOR_URI = "/lb/healthz"
+
+
+def balancer_services() -> dict[str, Service]:
+    """The balancer and its watchdog: they need only BENTO_PORT (and CATDOG_RUN_DIR)."""
+    bento_port = env_int("BENTO_PORT", 3000)
+    return {
+        # The one address clients call (CATDOG_SERVICE_URL); replicas sit behind it.
+        "haproxy": Service(
+            "haproxy",
+            [haproxy_binary(), "-db", "-f", str(run_dir() / "balancer" / "haproxy.cfg")],
             port=bento_port,
-            health_url=f"http://127.0.0.1:{bento_port}/readyz",
-            # The service logs why it cannot become ready (bento/service.py).
-            fatal=('"event":"model_missing"', '"event":"model_unavailable"'),
+            health_url=f"http://127.0.0.1:{bento_port}{BALANCER_MONITOR_URI}",
+            fatal=("[ALERT]",),
+            # Soft stop: finish the requests in flight, then exit.
+            stop_signal=signal.SIGUSR1,
+        ),
+        # Restarts a replica that died (scripts/balancer.py watch).
+        "watchdog": Service(
+            "watchdog", [sys.executable, str(ROOT / "scripts" / "balancer.py"), "watch"]
         ),
     }
+
+
+def haproxy_binary() -> str:
+    for folder in ("/usr/sbin", "/usr/local/sbin"):
+        if Path(folder, "haproxy").is_file():
+            return f"{folder}/haproxy"
+    return "haproxy"
+
+
+def replica(port: int, bento_tag: str) -> Service:
+    """One `bentoml serve` of exactly `bento_tag`, on its own port, behind the balancer."""
+    return Service(
+        f"replica-{port}",
+        [bin_path("bentoml"), "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
+        port=port,
+        health_url=f"http://127.0.0.1:{port}/readyz",
+        env={"BENTOML_HOME": str(replica_home(port))},
+        # The service logs why it cannot become ready (bento/service.py).
+        fatal=('"event":"model_missing"', '"event":"model_unavailable"'),
+    )
+
+
+def replica_home(port: int) -> Path:
+    return run_dir() / "replicas" / str(port) / "bentoml"
+
+
+def prepare_replica_home(port: int) -> None:
+    """A BENTOML_HOME of the replica's own that shares the platform's bento and model store.
+
+    `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it
+    starts: replicas sharing one home would wipe each other's /metrics.
+    """
+    home = replica_home(port)
+    home.mkdir(parents=True, exist_ok=True)
+    shared = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    for store in ("bentos", "models"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        link = home / store
+        if not link.is_symlink():
+            link.symlink_to(shared / store)
+
+
+def replicas_started() -> list[Service]:
+    """Every replica with a pid file in the state folder (running or not)."""
+    found = []
+    for pid_file in sorted(run_dir().glob("replica-*.pid")):
+        try:
+            argv = json.loads(pid_file.read_text())["argv"]
+            found.append(replica(int(argv[argv.index("--port") + 1]), argv[2]))
+        except (OSError, ValueError, KeyError, IndexError):
+            log(f"ignoring unreadable pid file {pid_file}")
+    return found
 
 
 def worker_online(pool: str, name: str) -> bool:
@@ -399,7 +482,7 @@ def worker_online(pool: str, name: str) -> bool:
 def up() -> None:
     platform = services()
     for service in platform.values():  # every port first: fail before starting anything
-        if service.name != "bento" and owned_pid(service) is None:
+        if service.name in ("mlflow", "prefect-server") and owned_pid(service) is None:
             check_port_free(service)
     for name in ("mlflow", "prefect-server"):
         start(platform[name])  # both start at once; their cold starts overlap
@@ -412,31 +495,23 @@ def up() -> None:
     wait_until(worker, lambda: worker_online(pool, name), f"online in work pool {pool!r}")
 
 
-def serve() -> None:
-    # A running service keeps the model it loaded: restart it so the latest
-    # packaged champion is served.
-    bento = services()["bento"]
-    if owned_pid(bento) is not None:
-        log("restarting bento to load the latest packaged model")
-        stop(bento)
-    start(bento)
-    wait_healthy(bento)
-
-
 def down() -> None:
     platform = services()
-    for name in ("worker", "bento", "prefect-server", "mlflow"):
+    stop(platform["worker"])
+    for service in (platform["watchdog"], platform["haproxy"], *replicas_started()):
+        stop(service)
+    for name in ("prefect-server", "mlflow"):
         stop(platform[name])
 
 
 def status() -> None:
-    for service in services().values():
+    for service in (*services().values(), *replicas_started()):
         pid = owned_pid(service)
         print(f"{service.name}: {f'running (pid {pid})' if pid else 'stopped'}")
 
 
 def main(argv: list[str]) -> int:
-    actions = {"up": up, "serve": serve, "down": down, "status": status}
+    actions = {"up": up, "down": down, "status": status}
     if len(argv) != 1 or argv[0] not in actions:
         print(f"usage: {Path(__file__).name} {'|'.join(actions)}", file=sys.stderr)
         return 2

@@ -1,0 +1,282 @@
+"""Prefect flow `deploy`: a new bento reaches users through a canary, or not at all.
+
+Deployments (prefect.yaml):
+- `deploy/rollout` (`bento_tag`): start replica(s) of the bento beside the
+  serving ones, wait for /readyz, give them a share of live traffic in HAProxy
+  (`canary_share`), score test_images/ on the canary and on the stable
+  replicas directly, compare their /metrics (5xx rate, p95 latency), then
+  promote (100 %, old replicas drained and stopped, MLflow alias `production`
+  moved) or roll back (canary drained and stopped, stable untouched, the run
+  ends Failed with the reason). Either way the model version is tagged with
+  the outcome and reason, and a `catdog.rollout.*` event is emitted.
+- `deploy/rollback`: put the previous production version back the same way
+  (replicas beside, traffic moved, old drained), without the canary judgement:
+  that version served users before.
+
+The first deployment (nothing serving) is judged against `min_accuracy` alone.
+Process and HAProxy control: scripts/balancer.py; the verdict: model_lib.rollout.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+
+from model_lib import monitoring
+from model_lib.rollout import Evidence, RolloutConfig, Verdict, Window, canary_weights, judge
+from model_lib.tracking import ensure_tracking_server
+from scripts import balancer
+
+PRODUCTION_ALIAS = "production"
+MODEL_NAME = "catdog-classifier"
+
+
+class RolloutRejected(RuntimeError):
+    """The candidate was rolled back; the message is the reason."""
+
+
+# ------------------------------------------------------------------ tasks
+@task
+def resolve_bento(bento_tag: str) -> str:
+    """The exact tag (`name:version`) of a bento in the local store, e.g. of `name:latest`."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return str(bentoml.get(bento_tag).tag)
+    except NotFound:
+        raise RolloutRejected(
+            f"no bento {bento_tag!r} in the BentoML store: package one first (`make package`)"
+        ) from None
+
+
+@task
+def start_replicas(bento_tag: str, count: int) -> list[balancer.Replica]:
+    return balancer.start_replicas(bento_tag, count)
+
+
+@task
+def read_metrics(replicas: list[balancer.Replica]) -> Window:
+    """The /classify counts of `replicas`, summed."""
+    from model_lib.rollout import parse_metrics
+
+    total = Window()
+    for replica in replicas:
+        window = parse_metrics(httpx.get(f"{replica.url}/metrics", timeout=30).text)
+        total = Window(
+            total.requests + window.requests,
+            total.server_errors + window.server_errors,
+            _add_buckets(total.buckets, window.buckets),
+        )
+    return total
+
+
+def _add_buckets(a, b):
+    sums = dict(a)
+    for le, count in b:
+        sums[le] = sums.get(le, 0.0) + count
+    return tuple(sorted(sums.items()))
+
+
+@task
+def score(replica: balancer.Replica, test_images_dir: str) -> tuple[float, list[str], list[str]]:
+    """test_images/ sent to this replica alone (not through the balancer):
+    (accuracy, model versions that answered, labels answered)."""
+    outcomes, class_names = monitoring.classify_folder(replica.url, test_images_dir, concurrency=4)
+    result = monitoring.evaluate_outcomes(outcomes, class_names)
+    labels = sorted({o.predicted for o in outcomes if o.predicted is not None})
+    return result.report["accuracy"], result.model_versions, labels
+
+
+@task
+def promote(candidates: list[balancer.Replica], old: list[balancer.Replica]) -> None:
+    for replica in candidates:
+        balancer.set_weight(replica, balancer.FULL_WEIGHT)
+    for replica in old:
+        balancer.retire(replica)
+
+
+@task
+def withdraw(candidates: list[balancer.Replica]) -> None:
+    for replica in candidates:
+        balancer.retire(replica)
+
+
+@task
+def record(
+    model_name: str,
+    version: str | None,
+    bento_tag: str,
+    outcome: str,
+    reason: str,
+    move_production: bool,
+) -> None:
+    """MLflow: tag the version with the outcome; move `production` when it now serves."""
+    logger = get_run_logger()
+    if version is None:
+        logger.warning("the bento names no MLflow model version: nothing recorded in MLflow")
+        return
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    tags = {"rollout_outcome": outcome, "rollout_reason": reason[:4000], "rollout_bento": bento_tag}
+    if move_production:
+        try:
+            previous = client.get_model_version_by_alias(model_name, PRODUCTION_ALIAS).version
+        except MlflowException:
+            previous = None
+        if previous is not None and str(previous) != str(version):
+            tags["previous_production_version"] = str(previous)
+        client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, version)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+
+
+def _emit(name: str, model_name: str, version: str | None, bento_tag: str, reason: str, **extra):
+    emit_event(
+        event=f"catdog.rollout.{name}",
+        resource={"prefect.resource.id": f"catdog.model.{model_name}.{version or 'unknown'}"},
+        related=[
+            {"prefect.resource.id": f"catdog.bento.{bento_tag}", "prefect.resource.role": "bento"}
+        ],
+        payload={"reason": reason, "bento_tag": bento_tag, **extra},
+    )
+
+
+def _served_version(versions: list[str]) -> str | None:
+    if len(versions) > 1:
+        raise RolloutRejected(f"the candidate answered as several versions {versions}")
+    return versions[0] if versions else None
+
+
+def _summary(bento_tag: str, verdict: Verdict, outcome: str) -> None:
+    rows = "\n".join(f"| {k} | {v if v is not None else '-'} |" for k, v in verdict.figures.items())
+    create_markdown_artifact(
+        key="rollout-summary",
+        markdown=(
+            f"# Rollout of `{bento_tag}`: {outcome}\n\n{verdict.reason}\n\n| | |\n|---|---|\n{rows}"
+        ),
+        description="Canary figures and verdict",
+    )
+
+
+# ------------------------------------------------------------------ flows
+@flow(name="deploy", log_prints=True)
+def rollout(
+    bento_tag: str = f"{MODEL_NAME}:latest",
+    replicas: int | None = None,
+    config: RolloutConfig = RolloutConfig(),  # noqa: B008 - Prefect shows it
+    test_images_dir: str = "test_images",
+    model_name: str = MODEL_NAME,
+) -> str:
+    """Canary rollout of `bento_tag` (`replicas`: how many; default as many as serve now, or 1)."""
+    logger = get_run_logger()
+    ensure_tracking_server()
+    bento_tag = resolve_bento(bento_tag)
+    with balancer.exclusive(f"roll out {bento_tag}"):
+        balancer.up()
+        stable = balancer.load()
+        if stable and all(r.bento_tag == bento_tag for r in stable):
+            logger.info("%s already serves all traffic: nothing to do", bento_tag)
+            return bento_tag
+        count = replicas or len(stable) or 1
+        logger.info("starting %d replica(s) of %s beside %d serving", count, bento_tag, len(stable))
+        version = None
+        candidates: list[balancer.Replica] = []
+        try:
+            candidates = start_replicas(bento_tag, count)
+            verdict, version = canary(candidates, stable, config, test_images_dir)
+        except Exception as exc:
+            # A candidate that cannot start, or a check that cannot run, is a rollback too.
+            verdict = Verdict(False, (f"{type(exc).__name__}: {exc}",))
+        decision = "promote" if verdict.promote else "roll back"
+        logger.info("verdict: %s (%s)", decision, verdict.reason)
+        if verdict.promote:
+            promote(candidates, stable)
+            record(model_name, version, bento_tag, "completed", verdict.reason, True)
+            _emit("completed", model_name, version, bento_tag, verdict.reason, **verdict.figures)
+            _summary(bento_tag, verdict, "promoted")
+            return bento_tag
+        withdraw(candidates)
+        record(model_name, version, bento_tag, "rolled-back", verdict.reason, False)
+        _emit("rolled-back", model_name, version, bento_tag, verdict.reason, **verdict.figures)
+        _summary(bento_tag, verdict, "rolled back")
+        raise RolloutRejected(f"{bento_tag} rolled back: {verdict.reason}")
+
+
+def canary(candidates, stable, config: RolloutConfig, test_images_dir: str):
+    """Give `candidates` their share, measure both sides; returns (verdict, model version)."""
+    logger = get_run_logger()
+    stable_weight, canary_weight = canary_weights(config.canary_share, len(stable), len(candidates))
+    canary_before, stable_before = read_metrics(candidates), read_metrics(stable)
+    for replica in candidates:
+        balancer.attach(replica, canary_weight)
+    logger.info(
+        "canary in HAProxy: weight %d per canary replica vs %d per stable one (%.0f %% of traffic)",
+        canary_weight,
+        stable_weight,
+        100 * config.canary_share if stable else 100,
+    )
+    canary_accuracy, versions, canary_labels = score(candidates[0], test_images_dir)
+    version = _served_version(versions)
+    stable_score = score(stable[0], test_images_dir) if stable else None
+    time.sleep(config.observe_seconds)  # live traffic keeps flowing through both
+    canary_side = Evidence(
+        canary_accuracy, read_metrics(candidates) - canary_before, tuple(canary_labels)
+    )
+    stable_side = None
+    if stable_score is not None:
+        accuracy, _, labels = stable_score
+        stable_side = Evidence(accuracy, read_metrics(stable) - stable_before, tuple(labels))
+    return judge(config, canary_side, stable_side), version
+
+
+@flow(name="deploy", log_prints=True)
+def rollback(model_name: str = MODEL_NAME, replicas: int | None = None) -> str:
+    """Put the version that served before the current `production` one back."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    logger = get_run_logger()
+    ensure_tracking_server()
+    client = MlflowClient()
+    try:
+        current = client.get_model_version_by_alias(model_name, PRODUCTION_ALIAS)
+    except MlflowException:
+        raise RolloutRejected(
+            f"{model_name} has no '{PRODUCTION_ALIAS}' alias: nothing was rolled out to roll back"
+        ) from None
+    previous = current.tags.get("previous_production_version")
+    if previous is None:
+        raise RolloutRejected(
+            f"{model_name} v{current.version} is the first production version: "
+            "there is no previous one to put back"
+        )
+    earlier = client.get_model_version(model_name, previous)
+    bento_tag = earlier.tags.get("rollout_bento") or earlier.tags.get("bento_tag")
+    if bento_tag is None:
+        raise RolloutRejected(f"{model_name} v{previous} records no bento to serve it from")
+    bento_tag = resolve_bento(bento_tag)
+    reason = f"on demand (deploy/rollback): v{current.version} replaced by v{previous}"
+    with balancer.exclusive(f"roll back to {bento_tag}"):
+        balancer.up()
+        serving = balancer.load()
+        candidates = start_replicas(bento_tag, replicas or len(serving) or 1)
+        for replica in candidates:
+            balancer.attach(replica, balancer.FULL_WEIGHT)
+        promote([], serving)  # the old ones drain while the restored ones take over
+    logger.info("%s serves again", bento_tag)
+    client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, previous)
+    client.set_model_version_tag(model_name, current.version, "rollout_outcome", "rolled-back")
+    client.set_model_version_tag(model_name, current.version, "rollout_reason", reason)
+    _emit("rolled-back", model_name, current.version, bento_tag, reason, restored=previous)
+    return bento_tag
+
+
+if __name__ == "__main__":
+    rollout()

@@ -1,0 +1,156 @@
+"""The real HAProxy from scripts/lb/haproxy.cfg.tmpl in front of two small HTTP
+replicas: weights, drain, and retries when a replica dies mid-load.
+
+The replicas here are tiny stand-ins (they answer /readyz and POST /classify
+with their own port) so that these tests judge the balancer alone, in seconds;
+tests/integration/test_rollout.py does the same with real bentoml replicas.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections import Counter
+
+import httpx
+import pytest
+
+from bench.servers import Server, free_port
+from scripts import balancer, services
+
+REPLICA = """
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        body = sys.argv[1].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        self.answer()
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.answer()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+@pytest.fixture
+def lb(tmp_path, monkeypatch):
+    if shutil.which("haproxy") is None and not os.path.exists(services.haproxy_binary()):
+        pytest.fail("haproxy is not installed: `apt-get install -y haproxy` (make serve does it)")
+    monkeypatch.setenv("CATDOG_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("BENTO_PORT", str(free_port()))
+    script = tmp_path / "replica.py"
+    script.write_text(REPLICA)
+    replicas = {}
+    for _ in range(2):
+        port = free_port()
+        server = Server(
+            f"replica-{port}",
+            ["python3", str(script), str(port)],
+            tmp_path / f"{port}.log",
+            dict(os.environ),
+        )
+        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60)
+        replicas[port] = server
+    (tmp_path / "run" / "balancer").mkdir(parents=True)
+    (tmp_path / "run" / "balancer" / "haproxy.cfg").write_text(balancer.render([]))
+    haproxy = services.balancer_services()["haproxy"]
+    services.start(haproxy)
+    try:
+        services.wait_healthy(haproxy)
+        yield {
+            "url": f"http://127.0.0.1:{os.environ['BENTO_PORT']}",
+            "replicas": [balancer.Replica(port, "stand-in", 0) for port in replicas],
+            "servers": replicas,
+        }
+    finally:
+        services.stop(haproxy)
+        for server in replicas.values():
+            server.stop()
+
+
+def answers(url: str, count: int) -> Counter:
+    with httpx.Client(timeout=30) as client:
+        return Counter(client.post(f"{url}/classify", content=b"photo").text for _ in range(count))
+
+
+def test_weights_split_the_traffic(lb):
+    stable, canary = lb["replicas"]
+    balancer.attach(stable, 90)
+    balancer.attach(canary, 10)
+    seen = answers(lb["url"], 200)
+    assert seen[str(canary.port)] == pytest.approx(20, abs=3)
+    assert seen[str(stable.port)] == pytest.approx(180, abs=3)
+    assert {r.port: r.weight for r in balancer.load()} == {stable.port: 90, canary.port: 10}
+
+
+def test_retired_replica_gets_nothing_and_leaves_the_state(lb):
+    old, new = lb["replicas"]
+    balancer.attach(old, 100)
+    balancer.attach(new, 100)
+    balancer.retire(old)
+    assert answers(lb["url"], 50) == Counter({str(new.port): 50})
+    assert [r.port for r in balancer.load()] == [new.port]
+    assert old.name not in balancer.server_stats()
+
+
+def test_a_replica_killed_mid_load_costs_no_request(lb):
+    first, second = lb["replicas"]
+    balancer.attach(first, 100)
+    balancer.attach(second, 100)
+    seen, stop = Counter(), threading.Event()
+
+    def loop():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    seen[client.post(f"{lb['url']}/classify", content=b"photo").status_code] += 1
+                except httpx.HTTPError as exc:
+                    seen[type(exc).__name__] += 1
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        balancer.wait_for(lambda: sum(seen.values()) > 100, "100 requests answered", 60)
+        os.killpg(lb["servers"][first.port].process.pid, signal.SIGKILL)
+        # HAProxy's health check marks it down (2 failed checks, 1 s apart).
+        balancer.wait_for(
+            lambda: balancer.server_stats()[first.name]["status"] == "DOWN", "DOWN", 30
+        )
+        answered = sum(seen.values())
+        balancer.wait_for(lambda: sum(seen.values()) > answered + 100, "100 more answers", 60)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert set(seen) == {200}, seen
+
+
+def test_config_rendered_from_the_recorded_replicas_is_valid(tmp_path, monkeypatch):
+    monkeypatch.setenv("CATDOG_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("BENTO_PORT", "18000")
+    replicas = [
+        balancer.Replica(18001, "catdog-classifier:a", 90),
+        balancer.Replica(18002, "b", 10),
+    ]
+    balancer.save(replicas)
+    assert balancer.load() == replicas
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(balancer.render(balancer.load()))
+    text = config.read_text()
+    assert "server r18001 127.0.0.1:18001 check inter 1s fall 2 rise 2 weight 90" in text
+    assert "bind 127.0.0.1:18000" in text
+    check = subprocess.run(
+        [services.haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -1,0 +1,199 @@
+"""Canary rollouts behind a real HAProxy, through the real Prefect worker.
+
+One story, in file order: the champion goes live (first deployment); a good
+candidate (the same weights registered as a new version) is promoted; a broken
+one (its model answers "cat" whatever the photo) is rolled back automatically;
+`deploy/rollback` puts the previous version back. Throughout each change a
+client loops through the balancer, and must see nothing but 200s.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from bench.rollout import Load
+from tests.conftest import TEST_IMAGES
+from tests.integration.conftest import run_deployment
+
+MODEL = "catdog-classifier"
+# Small test model and a busy machine: accuracy and latency are judged leniently,
+# except accuracy against the stable version, which is what the broken candidate fails.
+CONFIG = {"observe_seconds": 5, "min_requests": 10, "min_accuracy": 0.0, "p95_slack_ms": 2000}
+
+
+@pytest.fixture(scope="module")
+def balancer_env(platform):
+    """The platform's settings in this process too: the test reads the balancer's state
+    (scripts/balancer.py) as the worker's deploy runs write it. `make down` at the end of
+    the session stops the balancer and the replicas."""
+    settings = {
+        key: platform["env"][key] for key in ("BENTO_PORT", "CATDOG_RUN_DIR", "BENTOML_HOME")
+    }
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        yield settings
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def deploy(platform, name: str, params: dict) -> dict:
+    """Run deploy/NAME through the worker, as `make serve` does; the flow run."""
+    return run_deployment(platform, name, params, timeout=1800, check=False)
+
+
+def looping_client(url: str) -> Load:
+    """Two connections posting photos through the balancer until the block ends."""
+    return Load(url, connections=2, source="rollout-test")
+
+
+def failures(load: Load) -> list:
+    return [(r.status, r.version) for r in load.records if r.status != 200]
+
+
+def versions_seen(load: Load) -> set[str]:
+    return {r.version for r in load.records if r.version}
+
+
+def answering_versions(url: str, count: int = 20) -> set[str]:
+    photo = next((TEST_IMAGES / "dog").glob("*.jpg")).read_bytes()
+    versions = set()
+    with httpx.Client(timeout=60) as client:
+        for _ in range(count):
+            response = client.post(f"{url}/classify", files={"image": ("d.jpg", photo)})
+            assert response.status_code == 200, response.text
+            versions.add(response.json()["model"]["version"])
+    return versions
+
+
+# The session's SMALL_TRAINING model answers "cat" for every photo: it cannot tell a
+# constant-output candidate from a good one (and the canary check rightly refuses
+# it). This one (a 10 % slice, 3 epochs: ~0.6 validation accuracy) answers both.
+ROLLOUT_TRAINING = {
+    "architecture": "baseline_cnn",
+    "data_fraction": 0.1,
+    "epochs": 3,
+    "image_size": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def live(platform, balancer_env):
+    """A model that becomes champion, packaged and rolled out as the first deployment."""
+    run_deployment(platform, "train/baseline", {"config": ROLLOUT_TRAINING})
+    run_deployment(platform, "package/champion", {})
+    flow_run = deploy(platform, "deploy/rollout", {"config": CONFIG})
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
+    client = MlflowClient(platform["mlflow_uri"])
+    return {
+        "url": f"http://127.0.0.1:{balancer_env['BENTO_PORT']}",
+        "client": client,
+        "first": client.get_model_version_by_alias(MODEL, "champion").version,
+    }
+
+
+@pytest.fixture(scope="module")
+def candidates(platform, live, tmp_path_factory):
+    """A good and a broken candidate, each a registered version with its bento."""
+    from bench.candidates import build_candidate
+
+    os.environ["MLFLOW_TRACKING_URI"] = platform["mlflow_uri"]
+    work = tmp_path_factory.mktemp("candidates")
+    return {
+        "good": build_candidate(MODEL, live["first"], work),
+        "broken": build_candidate(MODEL, live["first"], work, constant_label="cat"),
+    }
+
+
+def production(live) -> str:
+    return live["client"].get_model_version_by_alias(MODEL, "production").version
+
+
+def test_first_deployment_serves_the_champion_through_the_balancer(live):
+    assert answering_versions(live["url"]) == {live["first"]}
+    assert production(live) == live["first"]
+
+
+def test_good_candidate_is_promoted_without_a_failed_request(
+    platform, balancer_env, live, candidates
+):
+    version, bento_tag = candidates["good"]
+    with looping_client(live["url"]) as client:
+        flow_run = deploy(platform, "deploy/rollout", {"bento_tag": bento_tag, "config": CONFIG})
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
+    assert client.records, "the client sent nothing"
+    assert failures(client) == []
+    # The client saw both versions: the canary took live traffic before promotion.
+    assert versions_seen(client) >= {live["first"], version}
+    assert answering_versions(live["url"]) == {version}
+    assert production(live) == version
+    tags = live["client"].get_model_version(MODEL, version).tags
+    assert tags["rollout_outcome"] == "completed"
+    assert tags["previous_production_version"] == live["first"]
+
+
+def test_broken_candidate_is_rolled_back_with_the_reason(platform, balancer_env, live, candidates):
+    good_version, _ = candidates["good"]
+    version, bento_tag = candidates["broken"]
+    with looping_client(live["url"]) as client:
+        flow_run = deploy(platform, "deploy/rollout", {"bento_tag": bento_tag, "config": CONFIG})
+    assert flow_run["state"]["type"] == "FAILED"
+    assert "rolled back: " in flow_run["state"]["message"]
+    assert "it answers one class ('cat') for every photo" in flow_run["state"]["message"]
+    assert client.records, "the client sent nothing"
+    assert failures(client) == []
+    assert answering_versions(live["url"]) == {good_version}
+    assert production(live) == good_version
+    tags = live["client"].get_model_version(MODEL, version).tags
+    assert tags["rollout_outcome"] == "rolled-back"
+    assert "it answers one class ('cat')" in tags["rollout_reason"]
+
+
+def test_rollback_puts_the_previous_version_back(platform, balancer_env, live, candidates):
+    good_version, _ = candidates["good"]
+    with looping_client(live["url"]) as client:
+        # Two replicas this time: the next test kills one of them.
+        flow_run = deploy(platform, "deploy/rollback", {"replicas": 2})
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
+    assert client.records, "the client sent nothing"
+    assert failures(client) == []
+    assert answering_versions(live["url"]) == {live["first"]}
+    assert production(live) == live["first"]
+    assert live["client"].get_model_version(MODEL, good_version).tags["rollout_outcome"] == (
+        "rolled-back"
+    )
+
+
+def test_a_killed_replica_costs_no_request_and_is_restarted(live):
+    from scripts import balancer, services
+
+    replicas = balancer.load()
+    assert len(replicas) == 2
+    victim = replicas[0]
+    pid = services.owned_pid(victim.service)
+    with looping_client(live["url"]) as client:
+        balancer.wait_for(lambda: len(client.records) > 20, "20 answers before the kill", 120)
+        # The whole replica: `bentoml serve` and its workers (in sessions of their own).
+        services.kill_all(services.descendants(pid))
+        # The watchdog starts it again on the same port; HAProxy's check puts it back.
+        balancer.wait_for(
+            lambda: services.owned_pid(victim.service) not in (None, pid), "a restart", 120
+        )
+        balancer.wait_for(
+            lambda: (
+                services.healthy(victim.service.health_url) and balancer.checked_up(victim.name)
+            ),
+            "the restarted replica back in HAProxy",
+            900,
+        )
+    assert client.records, "the client sent nothing"
+    assert failures(client) == []
+    assert [r.port for r in balancer.load()] == [r.port for r in replicas]
