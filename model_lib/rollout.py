@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from prometheus_client.parser import text_string_to_metric_families
+
 # BentoML's per-request histogram (all routes, mounted ASGI apps included).
 DURATION_METRIC = "request_duration_seconds"
 ENDPOINT = "/classify"
@@ -85,8 +87,6 @@ class Window:
 
 def parse_metrics(text: str, endpoint: str = ENDPOINT) -> Window:
     """The /classify counts of one replica's Prometheus text (all response codes summed)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     requests = errors = 0
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
