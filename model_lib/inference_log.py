@@ -2,6 +2,9 @@
 
 An append-only SQLite file in WAL mode: several service worker processes can
 append at once while the monitoring flow reads, and rows survive restarts.
+With a PostgreSQL URL instead of a path (`CATDOG_INFERENCE_LOG=postgresql://...`,
+PROFILE=scale) the same interface writes to a PostgreSQL table
+(model_lib/inference_log_pg.py), so replicas on several hosts share one log.
 Each row holds the request's image statistics (`image_stats.STAT_COLUMNS`),
 the prediction, the model version, a UTC timestamp, the request id and the
 `source` ("user", or "evaluation" for the evaluation flow's own traffic).
@@ -59,7 +62,48 @@ logger = logging.getLogger("catdog.inference_log")
 
 def default_path() -> Path:
     """$CATDOG_INFERENCE_LOG, else .run/inference_log.sqlite under the working directory."""
-    return Path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
+    return sqlite_path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def is_postgres_url(location) -> bool:
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(location: str | Path) -> Path:
+    """A path, or a SQLAlchemy-style `sqlite:///relative` / `sqlite:////absolute` URL."""
+    text = str(location)
+    return Path(text[len("sqlite:///") :] if text.startswith("sqlite:///") else location)
+
+
+def empty_frame():
+    import pandas as pd
+
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in COLUMNS})
+    return with_utc_timestamps(frame)
+
+
+def with_utc_timestamps(frame):
+    import pandas as pd
+
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+    return frame
+
+
+def window_filter(since, exclude_sources, placeholder: str) -> tuple[str, list]:
+    """The WHERE clause (with its parameters) of `read`, shared by both stores."""
+    if since is not None and since.tzinfo is None:
+        raise ValueError(
+            "since must be timezone-aware (e.g. datetime.now(UTC) - timedelta(hours=1))"
+        )
+    clauses, params = [], []
+    if since is not None:
+        clauses.append(f"timestamp >= {placeholder}")
+        params.append(since.timestamp())
+    excluded = tuple(exclude_sources or ())
+    if excluded:
+        clauses.append(f"source NOT IN ({', '.join(placeholder for _ in excluded)})")
+        params.extend(excluded)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def _timestamp(value) -> float:
@@ -80,8 +124,17 @@ class InferenceLog:
     creates nothing.
     """
 
+    def __new__(cls, path: str | Path | None = None):
+        # One entry point for both stores: callers pass what the setting holds.
+        location = path if path is not None else os.environ.get(ENV_PATH)
+        if cls is InferenceLog and is_postgres_url(location):
+            from model_lib.inference_log_pg import PostgresInferenceLog
+
+            return super().__new__(PostgresInferenceLog)
+        return super().__new__(cls)
+
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else default_path()
+        self.path = sqlite_path(path) if path is not None else default_path()
         self._schema_ready = False
         self._lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
@@ -174,23 +227,9 @@ class InferenceLog:
         """
         import pandas as pd
 
-        if since is not None and since.tzinfo is None:
-            raise ValueError(
-                "since must be timezone-aware (e.g. datetime.now(UTC) - timedelta(hours=1))"
-            )
+        where, params = window_filter(since, exclude_sources, "?")
         if not self.path.exists():
-            frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in COLUMNS})
-            frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
-            return frame
-        clauses, params = [], []
-        if since is not None:
-            clauses.append("timestamp >= ?")
-            params.append(since.timestamp())
-        excluded = tuple(exclude_sources or ())
-        if excluded:
-            clauses.append(f"source NOT IN ({', '.join('?' for _ in excluded)})")
-            params.extend(excluded)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+            return empty_frame()
         connection = self._connect()
         try:
             self._ensure_schema(connection)
@@ -201,8 +240,7 @@ class InferenceLog:
             )
         finally:
             connection.close()
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
-        return frame
+        return with_utc_timestamps(frame)
 
 
 class InferenceRecorder:
