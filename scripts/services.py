@@ -688,19 +688,20 @@ def write_service_targets(addresses: list[str]) -> None:
     partial.replace(target)
 
 
-def render_prometheus_config(interval: str | None = None) -> Path:
+def render_prometheus_config(interval: str | None = None, rules: Path | None = None) -> Path:
     """monitoring/prometheus.yml.in with this platform's ports and folders."""
     env = os.environ
     values = {
         "interval": interval or env.get("CATDOG_SCRAPE_INTERVAL") or "15s",
-        "rules": str(MONITORING_DIR / "alerts.yml"),
+        "rules": str(rules or MONITORING_DIR / "alerts.yml"),
         "service_targets": str(service_targets_file()),
         "prefect": f"127.0.0.1:{env_int('PREFECT_PORT', 4200)}",
         "pushgateway": f"127.0.0.1:{env_int('PUSHGATEWAY_PORT', 9091)}",
     }
     text = string.Template((MONITORING_DIR / "prometheus.yml.in").read_text()).substitute(values)
     config = run_dir() / "prometheus" / "prometheus.yml"
-    config.parent.mkdir(parents=True, exist_ok=True)
+    # Prometheus watches the targets' folder: it must exist when Prometheus starts.
+    service_targets_file().parent.mkdir(parents=True, exist_ok=True)
     config.write_text(text)
     return config
 
