@@ -572,7 +572,7 @@ def scale_services(base: dict[str, Service]) -> dict[str, Service]:
     }
     worker = base["worker"]
     name_at = worker.argv.index("--name") + 1
-    for number in range(2, env_int("CATDOG_WORKERS", 2) + 1):
+    for number in range(2, env_int("CATDOG_PREFECT_WORKERS", 2) + 1):
         argv = list(worker.argv)
         argv[name_at] = f"{argv[name_at]}-{number}"
         added[f"worker-{number}"] = replace(worker, name=f"worker-{number}", argv=argv)

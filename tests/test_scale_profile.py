@@ -26,7 +26,7 @@ def env(tmp_path, monkeypatch):
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    for name in ("CATDOG_PROFILE", "PROFILE", "CATDOG_WORKERS"):
+    for name in ("CATDOG_PROFILE", "PROFILE", "CATDOG_PREFECT_WORKERS"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -58,7 +58,7 @@ def test_scale_profile_adds_postgres_two_workers_and_monitoring(env, monkeypatch
     names = [w.argv[w.argv.index("--name") + 1] for w in (platform["worker"], platform["worker-2"])]
     assert names[1] == f"{names[0]}-2"  # one pool, two distinct workers
     assert platform["postgres"].port == 15433 and "-p" in platform["postgres"].argv
-    monkeypatch.setenv("CATDOG_WORKERS", "3")
+    monkeypatch.setenv("CATDOG_PREFECT_WORKERS", "3")
     assert "worker-3" in services.services()
 
 
