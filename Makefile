@@ -32,7 +32,7 @@ data: $(VENV_STAMP)  ## dvc pull data/ and test_images/ from the DVC remote
 	.venv/bin/dvc pull --quiet
 	.venv/bin/dvc status --quiet
 
-up: $(VENV_STAMP)  ## start MLflow, Prefect server and worker in the background (idempotent)
+up: $(VENV_STAMP)  ## start MLflow, Prefect server and worker in the background (idempotent; PROFILE=scale: PostgreSQL, 2 workers, Prometheus)
 	$(ENV) python scripts/services.py up
 
 down:  ## stop every background service (only processes this platform started)
@@ -87,6 +87,9 @@ urls:  ## where everything is, and how to stop it
 	echo "  Prefect UI     http://127.0.0.1:$$PREFECT_PORT   (flow runs; evaluate/scheduled runs every 15 min)"; \
 	echo "  MLflow UI      http://127.0.0.1:$$MLFLOW_PORT   (experiments catdog-training, catdog-monitoring)"; \
 	echo "  Service docs   http://127.0.0.1:$$BENTO_PORT    (curl -F image=@test_images/cat/cat.5000.jpg http://127.0.0.1:$$BENTO_PORT/classify)"; \
+	if [ "$$CATDOG_PROFILE" = scale ]; then \
+	echo "  Prometheus     http://127.0.0.1:$$PROMETHEUS_PORT/alerts   (alerts of monitoring/alerts.yml)"; \
+	echo "  PostgreSQL     127.0.0.1:$$CATDOG_PG_PORT   (databases prefect, mlflow, catdog)"; fi; \
 	echo "  Stop all:      make down     (state stays in $$CATDOG_RUN_DIR; make clean deletes it)"
 
 test: setup  ## all tests (unit + integration; the integration ones start real servers)
