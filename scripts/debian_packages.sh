@@ -12,7 +12,7 @@ for pkg in "$@"; do
         missing+=("$pkg")
     fi
 done
-[ "${#missing[@]}" -eq 0 ] && exit 0
+if [ "${#missing[@]}" -eq 0 ]; then exit 0; fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "[debian_packages] ERROR: missing ${missing[*]} and apt-get is not available;" \
@@ -20,7 +20,7 @@ if ! command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 SUDO=()
-[ "$(id -u)" -ne 0 ] && SUDO=(sudo)
+if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
 
 echo "[debian_packages] installing: ${missing[*]}"
 # policy-rc.d exit 101: the packages' post-install scripts must not start their
@@ -33,7 +33,7 @@ if [ ! -e "$policy" ]; then
     "${SUDO[@]}" chmod +x "$policy"
     created_policy=1
 fi
-cleanup() { [ "$created_policy" -eq 1 ] && "${SUDO[@]}" rm -f "$policy"; }
+cleanup() { if [ "$created_policy" -eq 1 ]; then "${SUDO[@]}" rm -f "$policy"; fi; }
 trap cleanup EXIT
 if ! apt-cache show "${missing[0]}" >/dev/null 2>&1; then
     "${SUDO[@]}" apt-get update -q

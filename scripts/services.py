@@ -570,7 +570,12 @@ def scale_services(base: dict[str, Service]) -> dict[str, Service]:
             health_url=f"http://127.0.0.1:{pushgateway_port}/-/ready",
         ),
     }
+    # Each worker runs one flow run at a time, as one per host would: a second
+    # run waiting in the pool goes to the other worker (a worker without a
+    # limit would take every run it sees in one poll).
     worker = base["worker"]
+    worker = replace(worker, argv=[*worker.argv, "--limit", "1"])
+    added["worker"] = worker
     name_at = worker.argv.index("--name") + 1
     for number in range(2, env_int("CATDOG_PREFECT_WORKERS", 2) + 1):
         argv = list(worker.argv)

@@ -57,6 +57,7 @@ def test_scale_profile_adds_postgres_two_workers_and_monitoring(env, monkeypatch
     assert "--serve-artifacts" in mlflow
     names = [w.argv[w.argv.index("--name") + 1] for w in (platform["worker"], platform["worker-2"])]
     assert names[1] == f"{names[0]}-2"  # one pool, two distinct workers
+    assert platform["worker"].argv[-2:] == platform["worker-2"].argv[-2:] == ["--limit", "1"]
     assert platform["postgres"].port == 15433 and "-p" in platform["postgres"].argv
     monkeypatch.setenv("CATDOG_PREFECT_WORKERS", "3")
     assert "worker-3" in services.services()
