@@ -19,7 +19,7 @@ from tests.servers import BIN, ROOT, free_port
 SLOW_START_SECONDS = 45
 
 
-def platform_env(run_dir: Path, bin_dir: Path = BIN) -> dict:
+def platform_env(run_dir: Path, bin_dir: Path = BIN, extra: dict | None = None) -> dict:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -31,6 +31,7 @@ def platform_env(run_dir: Path, bin_dir: Path = BIN) -> dict:
         MLFLOW_PORT=str(free_port()),
         BENTO_PORT=str(free_port()),
         CATDOG_START_TIMEOUT="900",
+        **(extra or {}),
     )
     # scripts/env.sh derives the rest (URLs, state folders) from these.
     script = f". {ROOT}/scripts/env.sh && env -0"
