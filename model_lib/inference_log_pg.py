@@ -139,22 +139,26 @@ class PostgresInferenceLog(InferenceLog):
         with self._lock:
             self._close_writer()
 
-    def read(self, since=None, exclude_sources=("evaluation",)):
-        """Records (oldest first) as a pandas DataFrame; see InferenceLog.read."""
-        import pandas as pd
-
+    def query(self, since=None, exclude_sources=("evaluation",)) -> list[tuple]:
+        """Rows of `COLUMNS` (oldest first), timestamps in unix seconds; see `read`."""
         where, params = window_filter(since, exclude_sources, "%s")
         with self._connect() as connection:
             exists = connection.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0]
             if exists is None:  # nothing logged yet
-                return empty_frame()
+                return []
             # The binary protocol skips parsing every float from text (10 k rows
             # x 20 columns per evaluation window).
             with connection.cursor(binary=True) as cursor:
                 cursor.execute(
                     f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY id", params
                 )
-                rows = cursor.fetchall()
+                return cursor.fetchall()
+
+    def read(self, since=None, exclude_sources=("evaluation",)):
+        """Records (oldest first) as a pandas DataFrame; see InferenceLog.read."""
+        import pandas as pd
+
+        rows = self.query(since, exclude_sources)
         if not rows:
             return empty_frame()
         return with_utc_timestamps(pd.DataFrame(rows, columns=list(COLUMNS)))

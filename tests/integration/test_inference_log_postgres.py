@@ -68,6 +68,8 @@ def test_round_trip_window_and_sources_like_sqlite(log_url, tmp_path):
         assert list(a.columns) == list(b.columns)
         assert a.to_dict("records") == b.to_dict("records"), kwargs
     assert list(pg.read(since=since)["request_id"]) == ["recent", "traffic"]
+    rows = pg.query(since=since)  # plain rows, as main's InferenceLog.query returns them
+    assert [row[COLUMNS.index("request_id")] for row in rows] == ["recent", "traffic"]
     with pytest.raises(ValueError, match="timezone-aware"):
         pg.read(since=datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="missing"):
