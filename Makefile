@@ -7,10 +7,13 @@ ENV := . scripts/env.sh &&
 RUN := $(ENV) python scripts/run_deployment.py
 VENV_STAMP := .venv/.installed
 IMAGE ?= catdog-classifier:latest
+# Started by the platform's own scripts (never as system services): the balancer,
+# and the scale profile's database and monitoring.
+DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
         package serve rollback serving bench-rollout traffic evaluate urls containerize smoke \
-        bench bench-platform screenshots test test-unit test-data test-model test-integration \
+        bench bench-platform screenshots tools test test-unit test-data test-model test-integration \
         lint format clean
 
 help:  ## list targets
@@ -33,7 +36,7 @@ data: $(VENV_STAMP)  ## dvc pull data/ and test_images/ from the DVC remote
 	.venv/bin/dvc pull --quiet
 	.venv/bin/dvc status --quiet
 
-up: $(VENV_STAMP)  ## start MLflow, Prefect server and worker in the background (idempotent)
+up: $(VENV_STAMP)  ## start MLflow, Prefect server and worker in the background (idempotent; PROFILE=scale: PostgreSQL, 2 workers, Prometheus)
 	$(ENV) python scripts/services.py up
 
 down:  ## stop every background service (only processes this platform started)
@@ -58,7 +61,7 @@ package: $(VENV_STAMP)  ## champion -> BentoML model store -> bento (Prefect flo
 	$(RUN) package/champion
 
 serve: $(VENV_STAMP)  ## roll the latest packaged bento out behind the balancer (port 3000; REPLICAS=N)
-	command -v haproxy >/dev/null || apt-get install -y -q haproxy
+	scripts/debian_packages.sh haproxy
 	$(RUN) deploy/rollout --params '{"bento_tag": "catdog-classifier:latest", "replicas": '$${REPLICAS:-null}'}'
 
 rollback: $(VENV_STAMP)  ## put the previous production version back (deploy/rollback), no failed request
@@ -84,7 +87,7 @@ bench: $(VENV_STAMP)  ## serving benchmark: raw ONNX ceiling vs service vs naive
 	$(ENV) python -m bench.serving --duration 10 --clients 1,4,16 --repeat $${REPEAT:-3}
 
 bench-rollout: $(VENV_STAMP)  ## 16 clients through the balancer during rollout, broken candidate, rollback, kill -9
-	command -v haproxy >/dev/null || apt-get install -y -q haproxy
+	scripts/debian_packages.sh haproxy
 	$(ENV) python -m bench.rollout
 
 bench-platform: $(VENV_STAMP)  ## CPU of each service idle, and training speed with vs without the platform
@@ -99,12 +102,18 @@ urls:  ## where everything is, and how to stop it
 	echo "  Prefect UI     http://127.0.0.1:$$PREFECT_PORT   (flow runs; evaluate/scheduled runs every 15 min)"; \
 	echo "  MLflow UI      http://127.0.0.1:$$MLFLOW_PORT   (experiments catdog-training, catdog-monitoring)"; \
 	echo "  Service docs   http://127.0.0.1:$$BENTO_PORT    (curl -F image=@test_images/cat/cat.5000.jpg http://127.0.0.1:$$BENTO_PORT/classify)"; \
+	if [ "$$CATDOG_PROFILE" = scale ]; then \
+	echo "  Prometheus     http://127.0.0.1:$$PROMETHEUS_PORT/alerts   (alerts of monitoring/alerts.yml)"; \
+	echo "  PostgreSQL     127.0.0.1:$$CATDOG_PG_PORT   (databases prefect, mlflow, catdog)"; fi; \
 	echo "  Stop all:      make down     (state stays in $$CATDOG_RUN_DIR; make clean deletes it)"
 
-test: setup  ## every tier below (the integration ones start real servers)
+tools:  ## Debian packages the platform and its tests run, when missing (HAProxy, PostgreSQL, Prometheus)
+	scripts/debian_packages.sh $(DEBIAN_PACKAGES)
+
+test: setup tools  ## every tier below (the integration ones start real servers)
 	.venv/bin/pytest -v
 
-test-unit: $(VENV_STAMP)  ## no data, no training, no servers: passes before `make data`
+test-unit: $(VENV_STAMP) tools  ## no data, no training, no servers: passes before `make data`
 	.venv/bin/pytest tests/unit
 
 test-data: $(VENV_STAMP)  ## tests of and on the DVC-pulled photos (needs `make data`)
@@ -113,7 +122,7 @@ test-data: $(VENV_STAMP)  ## tests of and on the DVC-pulled photos (needs `make 
 test-model: $(VENV_STAMP)  ## train, export and quantize small models (weights checks use real photos)
 	.venv/bin/pytest tests/model
 
-test-integration: $(VENV_STAMP)  ## real MLflow, Prefect and BentoML servers over HTTP (minutes)
+test-integration: $(VENV_STAMP) tools  ## real MLflow, Prefect and BentoML servers over HTTP (minutes)
 	.venv/bin/pytest tests/integration
 
 lint: $(VENV_STAMP)  ## ruff lint + format check

@@ -119,6 +119,7 @@ def evaluate(
 
         run_id = log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems)
         publish_artifacts(result, drift, run_id, problems)
+        push_figures(result, drift, min_accuracy, len(current))
     if problems:
         raise EvaluationFailed("; ".join(problems))
     return {
@@ -152,6 +153,30 @@ def log_to_mlflow(result, drift, html_path, service_url, window_minutes, problem
             mlflow.log_artifact(str(html_path))
         mlflow.set_tag("status", "failed: " + "; ".join(problems) if problems else "ok")
     return run.info.run_id
+
+
+def push_figures(result, drift, min_accuracy: float, window_requests: int) -> None:
+    """To the Pushgateway when CATDOG_PUSHGATEWAY_URL is set (PROFILE=scale)."""
+    from model_lib.pushgateway import push_evaluation, pushgateway_url
+
+    url = pushgateway_url()
+    if url is None:
+        return
+    try:
+        push_evaluation(
+            url,
+            accuracy=result.report["accuracy"],
+            min_accuracy=min_accuracy,
+            errors=result.errors,
+            requests=result.requests,
+            window_requests=window_requests,
+            drift_share=drift.share if drift is not None else None,
+            drift_detected=drift.detected if drift is not None else None,
+        )
+    except OSError as exc:
+        # The evaluation's verdict stands without Prometheus; the missing push
+        # shows up there as CatdogEvaluationStale.
+        get_run_logger().warning("could not push the figures to %s: %s", url, exc)
 
 
 def publish_artifacts(result, drift, run_id: str, problems: list[str]) -> None:

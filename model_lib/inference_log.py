@@ -2,6 +2,11 @@
 
 An append-only SQLite file in WAL mode: several service worker processes can
 append at once while the monitoring flow reads, and rows survive restarts.
+With a PostgreSQL URL instead of a path (`CATDOG_INFERENCE_LOG=postgresql://...`,
+PROFILE=scale) the same interface writes to a PostgreSQL table
+(`PostgresInferenceLog`, below: psycopg 3, one transaction a batch, so rows a
+writer committed survive it being killed), and replicas on several hosts share
+one log.
 Each row holds the request's image statistics (`image_stats.STAT_COLUMNS`),
 the prediction, the model version, a UTC timestamp, the request id and the
 `source` ("user", or "evaluation" for the evaluation flow's own traffic).
@@ -27,6 +32,9 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
 
 from model_lib.image_stats import STAT_COLUMNS, image_statistics
 
@@ -61,7 +69,34 @@ logger = logging.getLogger("catdog.inference_log")
 
 def default_path() -> Path:
     """$CATDOG_INFERENCE_LOG, else .run/inference_log.sqlite under the working directory."""
-    return Path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
+    return sqlite_path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def is_postgres_url(location) -> bool:
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(location: str | Path) -> Path:
+    """A path, or a SQLAlchemy-style `sqlite:///relative` / `sqlite:////absolute` URL."""
+    text = str(location)
+    return Path(text[len("sqlite:///") :] if text.startswith("sqlite:///") else location)
+
+
+def window_filter(since, exclude_sources, placeholder: str) -> tuple[str, list]:
+    """The WHERE clause (with its parameters) of `query`, shared by both stores."""
+    if since is not None and since.tzinfo is None:
+        raise ValueError(
+            "since must be timezone-aware (e.g. datetime.now(UTC) - timedelta(hours=1))"
+        )
+    clauses, params = [], []
+    if since is not None:
+        clauses.append(f"timestamp >= {placeholder}")
+        params.append(since.timestamp())
+    excluded = tuple(exclude_sources or ())
+    if excluded:
+        clauses.append(f"source NOT IN ({', '.join(placeholder for _ in excluded)})")
+        params.extend(excluded)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def _timestamp(value) -> float:
@@ -82,8 +117,15 @@ class InferenceLog:
     creates nothing.
     """
 
+    def __new__(cls, path: str | Path | None = None):
+        # One entry point for both stores: callers pass what the setting holds.
+        location = path if path is not None else os.environ.get(ENV_PATH)
+        if cls is InferenceLog and is_postgres_url(location):
+            return super().__new__(PostgresInferenceLog)
+        return super().__new__(cls)
+
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else default_path()
+        self.path = sqlite_path(path) if path is not None else default_path()
         self._schema_ready = False
         self._lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
@@ -174,21 +216,9 @@ class InferenceLog:
         default; pass () for everything). A log that does not exist yet has no
         rows, and is not created.
         """
-        if since is not None and since.tzinfo is None:
-            raise ValueError(
-                "since must be timezone-aware (e.g. datetime.now(UTC) - timedelta(hours=1))"
-            )
+        where, params = window_filter(since, exclude_sources, "?")
         if not self.path.exists():
             return []
-        clauses, params = [], []
-        if since is not None:
-            clauses.append("timestamp >= ?")
-            params.append(since.timestamp())
-        excluded = tuple(exclude_sources or ())
-        if excluded:
-            clauses.append(f"source NOT IN ({', '.join('?' for _ in excluded)})")
-            params.extend(excluded)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         connection = self._connect()
         try:
             self._ensure_schema(connection)
@@ -320,3 +350,125 @@ class InferenceRecorder:
         if stopped:
             self.log.close()
         return stopped
+
+
+# ------------------------------------------------------------------ PostgreSQL (PROFILE=scale)
+CONNECT_TIMEOUT_SECONDS = 10
+# A statement that waits longer than this (a lock, an overloaded server) fails
+# instead of holding a request's log batch, or the evaluation, forever.
+STATEMENT_TIMEOUT_MS = 60_000
+# Any constant: serialises schema creation across processes that start together
+# (concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL's catalog).
+_SCHEMA_LOCK_KEY = 0x6361_7464_6F67  # "catdog"
+_PG_TYPES = {"REAL NOT NULL": "DOUBLE PRECISION NOT NULL", "TEXT NOT NULL": "TEXT NOT NULL"}
+
+
+def redacted(url: str) -> str:
+    """The URL without its password (it appears in logs and the service's status)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+class InferenceLogUnavailable(RuntimeError):
+    """The PostgreSQL server of the inference log cannot be reached."""
+
+
+class PostgresInferenceLog(InferenceLog):
+    """Append-only PostgreSQL table of per-request records (see InferenceLog)."""
+
+    def __init__(self, path: str | None = None):
+        self.url = str(path if path is not None else os.environ[ENV_PATH])
+        self.path = redacted(self.url)  # what logs and the service's status show
+        self._schema_ready = False
+        self._lock = threading.Lock()
+        self._writer = None
+
+    def _connect(self):
+        try:
+            connection = psycopg.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                application_name="catdog-inference-log",
+            )
+        except psycopg.OperationalError as exc:
+            raise InferenceLogUnavailable(
+                f"inference log at {self.path} is unreachable ({str(exc).strip()}); "
+                "is PostgreSQL running (make up PROFILE=scale) and CATDOG_INFERENCE_LOG right?"
+            ) from exc
+        return connection
+
+    def _ensure_schema(self, connection) -> None:
+        if self._schema_ready:
+            return
+        columns = ", ".join(
+            [f"{name} {_PG_TYPES[_SQL_TYPES[name]]}" for name in RECORD_COLUMNS]
+            + [f"{name} DOUBLE PRECISION" for name in STAT_COLUMNS]
+        )
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} (id BIGSERIAL PRIMARY KEY, {columns})"
+            )
+            connection.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (timestamp)")
+            for name in STAT_COLUMNS:  # a table from before a statistic was added
+                connection.execute(
+                    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} DOUBLE PRECISION"
+                )
+        self._schema_ready = True
+
+    def append_many(self, records: Iterable[dict]) -> int:
+        """Append records in one transaction; returns how many."""
+        rows = [self._row(r) for r in records]
+        if not rows:
+            return 0
+        insert = (
+            f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join('%s' for _ in COLUMNS)})"
+        )
+        with self._lock:
+            # One connection kept open per log; a server restart breaks it, so a
+            # failed batch is retried once on a fresh connection.
+            for attempt in (1, 2):
+                try:
+                    if self._writer is None or self._writer.closed:
+                        self._writer = self._connect()
+                        self._ensure_schema(self._writer)
+                    with self._writer.transaction(), self._writer.cursor() as cursor:
+                        cursor.executemany(insert, rows)
+                    return len(rows)
+                except psycopg.OperationalError:
+                    self._close_writer()
+                    if attempt == 2:
+                        raise
+                    logger.warning("inference log connection lost; reconnecting to %s", self.path)
+        raise AssertionError("unreachable")
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> None:
+        """Close the writing connection (appending again reopens it)."""
+        with self._lock:
+            self._close_writer()
+
+    def query(self, since=None, exclude_sources=("evaluation",)) -> list[tuple]:
+        """Rows of `COLUMNS` (oldest first), timestamps in unix seconds; see `read`."""
+        where, params = window_filter(since, exclude_sources, "%s")
+        with self._connect() as connection:
+            exists = connection.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0]
+            if exists is None:  # nothing logged yet
+                return []
+            # The binary protocol skips parsing every float from text (10 k rows
+            # x 20 columns per evaluation window).
+            with connection.cursor(binary=True) as cursor:
+                cursor.execute(
+                    f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY id", params
+                )
+                return cursor.fetchall()

@@ -94,6 +94,8 @@ def save(replicas: list[Replica]) -> None:
     temporary = state_dir() / "state.json.tmp"
     temporary.write_text(json.dumps({"replicas": [asdict(r) for r in replicas]}, indent=1))
     temporary.replace(state_dir() / "state.json")  # atomic: a reader never sees half a file
+    # Prometheus (PROFILE=scale) scrapes each replica, not the balancer in front of them.
+    services.write_service_targets([f"127.0.0.1:{r.port}" for r in replicas])
 
 
 def _server_line(replica: Replica) -> str:

@@ -12,6 +12,26 @@ export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:$PREFECT_PORT/api}
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:$MLFLOW_PORT}
 export CATDOG_SERVICE_URL=${CATDOG_SERVICE_URL:-http://127.0.0.1:$BENTO_PORT}
 export BENTOML_HOME=${BENTOML_HOME:-$CATDOG_RUN_DIR/bentoml}
+# --- PROFILE=scale (`make up PROFILE=scale`): the multi-machine shape on one machine ---
+# PostgreSQL for Prefect, MLflow and the inference log, MLflow serving the
+# artifacts, two workers, Prometheus + Pushgateway (README "Scaling beyond one
+# machine"). The default profile keeps SQLite files and one worker.
+export CATDOG_PROFILE=${CATDOG_PROFILE:-${PROFILE:-default}}
+export CATDOG_PG_PORT=${CATDOG_PG_PORT:-5433}
+export PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
+export PUSHGATEWAY_PORT=${PUSHGATEWAY_PORT:-9091}
+if [ "$CATDOG_PROFILE" = scale ]; then
+    # The cluster under $CATDOG_RUN_DIR/postgres listens on 127.0.0.1 only and
+    # trusts local connections; a managed PostgreSQL takes these URLs with a
+    # password instead (deploy/k8s/README.md).
+    _pg=catdog@127.0.0.1:$CATDOG_PG_PORT
+    export PREFECT_SERVER_DATABASE_CONNECTION_URL=${PREFECT_SERVER_DATABASE_CONNECTION_URL:-postgresql+asyncpg://$_pg/prefect}
+    export CATDOG_MLFLOW_BACKEND_URI=${CATDOG_MLFLOW_BACKEND_URI:-postgresql+psycopg://$_pg/mlflow}
+    export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-postgresql://$_pg/catdog}
+    export CATDOG_PUSHGATEWAY_URL=${CATDOG_PUSHGATEWAY_URL:-http://127.0.0.1:$PUSHGATEWAY_PORT}
+    export PREFECT_SERVER_METRICS_ENABLED=${PREFECT_SERVER_METRICS_ENABLED:-true}
+    unset _pg
+fi
 export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-$CATDOG_RUN_DIR/inference_log.sqlite}
 export CATDOG_WORK_POOL=${CATDOG_WORK_POOL:-local}
 # How long `make up` / `make serve` wait for a service to become healthy. A cold

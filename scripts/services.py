@@ -21,19 +21,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS_EVERY_SECONDS = 15
 # Lines that mean the process will never become healthy; seen in these servers' logs.
+# Written to a service's log before each start (fatal_line reads after the last one).
+START_MARKER = "[services] starting"
 COMMON_FATAL = ("[Errno 98]", "address already in use", "ModuleNotFoundError: ")
 
 
@@ -185,9 +189,11 @@ def check_port_free(service: Service) -> None:
 
 
 def port_variable(service: Service) -> str:
-    return {"mlflow": "MLFLOW_PORT", "prefect-server": "PREFECT_PORT"}.get(
-        service.name, "BENTO_PORT"
-    )
+    return {
+        "mlflow": "MLFLOW_PORT",
+        "prefect-server": "PREFECT_PORT",
+        **SCALE_PORT_VARIABLES,
+    }.get(service.name, "BENTO_PORT")
 
 
 def log_tail(service: Service, lines: int = 25) -> str:
@@ -203,7 +209,9 @@ def fatal_line(service: Service) -> str | None:
         text = service.log_file.read_text(errors="replace")
     except OSError:
         return None
-    for line in text.splitlines():
+    # Only this start's lines: the log is appended to, and an error of an earlier
+    # start (fixed since) must not fail this one.
+    for line in text.rsplit(START_MARKER, 1)[-1].splitlines():
         lowered = line.lower()
         if any(p.lower() in lowered for p in (*COMMON_FATAL, *service.fatal)):
             return line.strip()
@@ -220,6 +228,8 @@ def start(service: Service) -> int:
     check_port_free(service)
     service.log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(service.log_file, "ab") as log_handle:
+        log_handle.write(f"{START_MARKER} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        log_handle.flush()
         process = subprocess.Popen(
             service.argv,
             stdin=subprocess.DEVNULL,
@@ -328,12 +338,13 @@ def bin_path(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def services() -> dict[str, Service]:
+def services(profile: str | None = None) -> dict[str, Service]:
+    """The platform's services for `profile` (default: $CATDOG_PROFILE)."""
     env = os.environ
     state = run_dir()
     mlflow_port, prefect_port = int(env["MLFLOW_PORT"]), int(env["PREFECT_PORT"])
     mlflow_dir = state / "mlflow"
-    return {
+    platform = {
         "mlflow": Service(
             "mlflow",
             [
@@ -389,6 +400,9 @@ def services() -> dict[str, Service]:
         ),
         **balancer_services(),
     }
+    if (profile or current_profile()) == "scale":
+        platform.update(scale_services(platform))
+    return platform
 
 
 BALANCER_MONITOR_URI = "/lb/healthz"
@@ -484,30 +498,310 @@ def up() -> None:
     for service in platform.values():  # every port first: fail before starting anything
         if service.name in ("mlflow", "prefect-server") and owned_pid(service) is None:
             check_port_free(service)
+    if "postgres" in platform:
+        start_postgres(platform["postgres"])  # the servers' database comes first
     for name in ("mlflow", "prefect-server"):
         start(platform[name])  # both start at once; their cold starts overlap
     for name in ("prefect-server", "mlflow"):
         wait_healthy(platform[name])
-    worker = platform["worker"]
-    start(worker)
-    argv = json.loads(worker.pid_file.read_text())["argv"]  # the running worker's own
-    pool, name = argv[argv.index("--pool") + 1], argv[argv.index("--name") + 1]
-    wait_until(worker, lambda: worker_online(pool, name), f"online in work pool {pool!r}")
+    for worker in (s for s in platform.values() if s.name.startswith("worker")):
+        start(worker)
+        argv = json.loads(worker.pid_file.read_text())["argv"]  # the running worker's own
+        pool, name = argv[argv.index("--pool") + 1], argv[argv.index("--name") + 1]
+        wait_until(
+            worker, lambda p=pool, n=name: worker_online(p, n), f"online in work pool {pool!r}"
+        )
+    if "prometheus" in platform:
+        start_monitoring(platform)
 
 
 def down() -> None:
-    platform = services()
-    stop(platform["worker"])
-    for service in (platform["watchdog"], platform["haproxy"], *replicas_started()):
+    # Every service either profile starts: `make down` stops what runs, whatever
+    # PROFILE it was started with (a service without a live pid file is skipped).
+    platform = services("scale")
+    workers = [name for name in platform if name.startswith("worker")]
+    for service in (
+        *(platform[name] for name in workers),
+        platform["watchdog"],
+        platform["haproxy"],
+        *replicas_started(),
+    ):
         stop(service)
-    for name in ("prefect-server", "mlflow"):
+    for name in (*SCALE_MONITORING, "prefect-server", "mlflow", "postgres"):
         stop(platform[name])
 
 
 def status() -> None:
-    for service in (*services().values(), *replicas_started()):
+    profile = current_profile()
+    print(f"profile: {profile}")
+    wanted = services()
+    for service in (*services("scale").values(), *replicas_started()):
         pid = owned_pid(service)
-        print(f"{service.name}: {f'running (pid {pid})' if pid else 'stopped'}")
+        if pid or service.name in wanted:
+            print(f"{service.name}: {f'running (pid {pid})' if pid else 'stopped'}")
+
+
+# ------------------------------------------------------------------ the scale profile
+# `make up PROFILE=scale`: the multi-machine shape, run here. PostgreSQL (a
+# cluster under $CATDOG_RUN_DIR/postgres) holds Prefect's, MLflow's and the
+# inference log's data; MLflow serves the artifacts (no shared folder between
+# hosts); several workers share the pool; Prometheus scrapes the service
+# replicas and the servers and evaluates monitoring/alerts.yml; the evaluate
+# flow pushes its figures to the Pushgateway.
+SCALE_PORT_VARIABLES = {
+    "postgres": "CATDOG_PG_PORT",
+    "prometheus": "PROMETHEUS_PORT",
+    "pushgateway": "PUSHGATEWAY_PORT",
+}
+SCALE_MONITORING = ("prometheus", "pushgateway")
+PG_DATABASES = ("prefect", "mlflow", "catdog")
+PG_USER = "catdog"  # the cluster's superuser; the servers connect as it
+# PostgreSQL refuses to run as root: root runs it as this OS user (Debian's package creates it).
+PG_OS_USER = "postgres"
+MONITORING_DIR = ROOT / "monitoring"
+
+
+def current_profile() -> str:
+    profile = os.environ.get("CATDOG_PROFILE") or os.environ.get("PROFILE") or "default"
+    if profile not in ("default", "scale"):
+        raise ServiceError(f"unknown PROFILE {profile!r}: use default or scale")
+    return profile
+
+
+def require_debian_packages(*packages: str) -> None:
+    """Install missing Debian packages (scripts/debian_packages.sh), or say what to do."""
+    result = subprocess.run([str(ROOT / "scripts" / "debian_packages.sh"), *packages])
+    if result.returncode != 0:
+        raise ServiceError(
+            f"could not install {' '.join(packages)} (exit {result.returncode}); "
+            f"install them (apt-get install {' '.join(packages)}) and run this again"
+        )
+
+
+def pg_bin(program: str, required: bool = True) -> str:
+    """A PostgreSQL server program: $CATDOG_PG_BIN, else the newest /usr/lib/postgresql/*/bin.
+
+    Not `required`: the bare name when not installed yet (`down` and `status`
+    need the service's name only).
+    """
+    configured = os.environ.get("CATDOG_PG_BIN")
+    candidates = [Path(configured)] if configured else []
+    candidates += sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True
+    )
+    for folder in candidates:
+        if (folder / program).is_file():
+            return str(folder / program)
+    if not required:
+        return program
+    looked = ", ".join(map(str, candidates)) or "/usr/lib/postgresql/*/bin"
+    raise ServiceError(
+        f"PostgreSQL's {program} not found (looked in {looked}); "
+        "install Debian's postgresql or set CATDOG_PG_BIN"
+    )
+
+
+def as_pg_os_user(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", PG_OS_USER, "--", *argv] if os.geteuid() == 0 else argv
+
+
+def scale_services(base: dict[str, Service]) -> dict[str, Service]:
+    """The services PROFILE=scale adds or changes, given the default profile's."""
+    env = os.environ
+    state = run_dir()
+    pg_port = env_int("CATDOG_PG_PORT", 5433)
+    prometheus_port = env_int("PROMETHEUS_PORT", 9090)
+    pushgateway_port = env_int("PUSHGATEWAY_PORT", 9091)
+    mlflow = base["mlflow"]
+    argv = list(mlflow.argv)
+    store = argv.index("--backend-store-uri") + 1
+    argv[store] = env.get("CATDOG_MLFLOW_BACKEND_URI") or argv[store]
+    # Clients upload and download artifacts through the server: workers on
+    # other hosts need no shared folder (and no object-store credentials).
+    # (No --expose-prometheus: it needs prometheus-flask-exporter, a Flask-era
+    # add-on; Prometheus watches MLflow through the flows' own alerts instead.)
+    argv.append("--serve-artifacts")
+    added = {
+        "mlflow": replace(mlflow, argv=argv),
+        "postgres": postgres_service(pg_port),
+        "prometheus": Service(
+            "prometheus",
+            [
+                "prometheus",
+                f"--config.file={state / 'prometheus' / 'prometheus.yml'}",
+                f"--storage.tsdb.path={state / 'prometheus' / 'data'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                "--storage.tsdb.retention.time=15d",
+            ],
+            port=prometheus_port,
+            health_url=f"http://127.0.0.1:{prometheus_port}/-/ready",
+            fatal=('err="error loading config', "Error loading config"),
+        ),
+        "pushgateway": Service(
+            "pushgateway",
+            [
+                "prometheus-pushgateway",
+                f"--web.listen-address=127.0.0.1:{pushgateway_port}",
+                # The evaluation's last figures survive a restart.
+                f"--persistence.file={state / 'pushgateway' / 'metrics'}",
+            ],
+            port=pushgateway_port,
+            health_url=f"http://127.0.0.1:{pushgateway_port}/-/ready",
+        ),
+    }
+    # Each worker runs one flow run at a time, as one per host would: a second
+    # run waiting in the pool goes to the other worker (a worker without a
+    # limit would take every run it sees in one poll).
+    worker = base["worker"]
+    worker = replace(worker, argv=[*worker.argv, "--limit", "1"])
+    added["worker"] = worker
+    name_at = worker.argv.index("--name") + 1
+    for number in range(2, env_int("CATDOG_PREFECT_WORKERS", 2) + 1):
+        argv = list(worker.argv)
+        argv[name_at] = f"{argv[name_at]}-{number}"
+        added[f"worker-{number}"] = replace(worker, name=f"worker-{number}", argv=argv)
+    return added
+
+
+def postgres_service(port: int) -> Service:
+    """The PostgreSQL server of the cluster in $CATDOG_RUN_DIR/postgres/data."""
+    return Service(
+        "postgres",
+        as_pg_os_user(
+            [
+                pg_bin("postgres", required=False),
+                "-D",
+                str(run_dir() / "postgres" / "data"),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",  # TCP only: no socket folder to own
+            ]
+        ),
+        port=port,
+        fatal=("could not create any TCP/IP sockets", 'lock file "postmaster.pid"'),
+        # SIGTERM waits for every client to disconnect; SIGINT is the fast
+        # shutdown that still writes a clean checkpoint.
+        stop_signal=signal.SIGINT,
+    )
+
+
+def pg_ready(service: Service) -> bool:
+    port = str(service.port)
+    result = subprocess.run(
+        [pg_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", port], capture_output=True
+    )
+    return result.returncode == 0
+
+
+def start_postgres(service: Service) -> None:
+    """initdb on first use, start the server, create the platform's databases."""
+    require_debian_packages("postgresql")
+    service = postgres_service(service.port)  # the server's path, now that it is installed
+    data = run_dir() / "postgres" / "data"
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(data, PG_OS_USER, PG_OS_USER)
+            data.chmod(0o700)
+        log(f"creating a PostgreSQL cluster in {data}")
+        result = subprocess.run(
+            as_pg_os_user(
+                [
+                    pg_bin("initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    PG_USER,
+                    # Local, 127.0.0.1-only cluster (see scripts/env.sh).
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-instructions",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            hint = (
+                f" The OS user {PG_OS_USER!r} must be able to enter every folder above {data}"
+                " (pick a CATDOG_RUN_DIR it can reach)."
+                if "Permission denied" in result.stderr
+                else ""
+            )
+            raise ServiceError(f"initdb failed: {result.stderr.strip()[-600:]}{hint}")
+    start(service)
+    wait_until(service, lambda: pg_ready(service), f"accepting connections on {service.port}")
+    psql = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(service.port), "-U", PG_USER]
+    listed = subprocess.run(
+        [*psql, "-d", "postgres", "-tAc", "SELECT datname FROM pg_database"],
+        capture_output=True,
+        text=True,
+    )
+    if listed.returncode != 0:
+        raise ServiceError(f"cannot list PostgreSQL databases: {listed.stderr.strip()}")
+    for database in sorted(set(PG_DATABASES) - set(listed.stdout.split())):
+        created = subprocess.run(
+            [*psql, "-d", "postgres", "-c", f'CREATE DATABASE "{database}"'],
+            capture_output=True,
+            text=True,
+        )
+        if created.returncode != 0:
+            raise ServiceError(f"cannot create database {database}: {created.stderr.strip()}")
+        log(f"created PostgreSQL database {database}")
+
+
+def service_targets_file() -> Path:
+    """Prometheus file_sd targets of the service replicas (one JSON list of groups)."""
+    return run_dir() / "prometheus" / "targets" / "service.json"
+
+
+def write_service_targets(addresses: list[str]) -> None:
+    """Point Prometheus at these replicas (`host:port`); it rereads the file by itself.
+
+    Written whole then renamed, so Prometheus never reads half a file.
+    """
+    target = service_targets_file()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    groups = [{"targets": [address], "labels": {"replica": address}} for address in addresses]
+    partial = target.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(groups, indent=1) + "\n")
+    partial.replace(target)
+
+
+def render_prometheus_config(interval: str | None = None, rules: Path | None = None) -> Path:
+    """monitoring/prometheus.yml.in with this platform's ports and folders."""
+    env = os.environ
+    values = {
+        "interval": interval or env.get("CATDOG_SCRAPE_INTERVAL") or "15s",
+        "rules": str(rules or MONITORING_DIR / "alerts.yml"),
+        "service_targets": str(service_targets_file()),
+        "prefect": f"127.0.0.1:{env_int('PREFECT_PORT', 4200)}",
+        "pushgateway": f"127.0.0.1:{env_int('PUSHGATEWAY_PORT', 9091)}",
+    }
+    text = string.Template((MONITORING_DIR / "prometheus.yml.in").read_text()).substitute(values)
+    config = run_dir() / "prometheus" / "prometheus.yml"
+    # Prometheus watches the targets' folder: it must exist when Prometheus starts.
+    service_targets_file().parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
+    return config
+
+
+def start_monitoring(platform: dict[str, Service]) -> None:
+    require_debian_packages("prometheus", "prometheus-pushgateway")
+    render_prometheus_config()
+    if not service_targets_file().exists():
+        # No replica yet: scrape nothing until the first rollout records its replicas
+        # (scripts/balancer.py rewrites this file whenever the replicas change).
+        write_service_targets([])
+    (run_dir() / "pushgateway").mkdir(parents=True, exist_ok=True)
+    for name in SCALE_MONITORING:
+        start(platform[name])
+    for name in SCALE_MONITORING:
+        wait_healthy(platform[name])
 
 
 def main(argv: list[str]) -> int:

@@ -125,3 +125,16 @@ def test_start_timeout_must_be_a_positive_number(monkeypatch):
     monkeypatch.setenv("CATDOG_START_TIMEOUT", "soon")
     with pytest.raises(services.ServiceError, match="CATDOG_START_TIMEOUT must be"):
         services.env_int("CATDOG_START_TIMEOUT", 600)
+
+
+def test_a_fatal_line_of_an_earlier_start_does_not_fail_the_next(run_dir):
+    service = services.Service("sleeper", ["sleep", "300"], fatal=("boom",))
+    service.log_file.write_text("boom: the last start failed\n")
+    services.start(service)
+    try:
+        assert services.fatal_line(service) is None
+        with open(service.log_file, "a") as log:
+            log.write("boom again\n")
+        assert services.fatal_line(service) == "boom again"
+    finally:
+        services.stop(service)

@@ -1,0 +1,56 @@
+"""The evaluation's figures for Prometheus, pushed to a Pushgateway (PROFILE=scale).
+
+A batch job has no /metrics to scrape: the evaluate flow pushes its last
+result, Prometheus scrapes the Pushgateway, and monitoring/alerts.yml alerts
+on accuracy, drift and staleness. One group (job `catdog-evaluate`), replaced
+whole on every push: a figure the latest run did not produce (drift, when too
+few requests were logged) disappears instead of staying stale.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+ENV_URL = "CATDOG_PUSHGATEWAY_URL"
+JOB = "catdog-evaluate"
+PUSH_TIMEOUT_SECONDS = 10
+
+
+def pushgateway_url() -> str | None:
+    return os.environ.get(ENV_URL) or None
+
+
+def push_evaluation(
+    url: str,
+    *,
+    accuracy: float,
+    min_accuracy: float,
+    errors: int,
+    requests: int,
+    window_requests: int,
+    drift_share: float | None = None,
+    drift_detected: bool | None = None,
+) -> None:
+    """Replace the `catdog-evaluate` group on the Pushgateway at `url` with these figures."""
+    registry = CollectorRegistry()
+
+    def gauge(name: str, help_text: str, value: float) -> None:
+        Gauge(name, help_text, registry=registry).set(value)
+
+    gauge("catdog_evaluation_accuracy", "Accuracy on test_images/ through the service", accuracy)
+    gauge("catdog_evaluation_min_accuracy", "The flow's accuracy threshold", min_accuracy)
+    gauge("catdog_evaluation_errors", "Failed requests of the evaluation", errors)
+    gauge("catdog_evaluation_requests", "Requests the evaluation sent", requests)
+    gauge(
+        "catdog_evaluation_window_requests",
+        "Logged user requests in the drift window",
+        window_requests,
+    )
+    if drift_share is not None:
+        gauge("catdog_evaluation_drift_share", "Share of image statistics drifted", drift_share)
+        gauge("catdog_evaluation_drift_detected", "1 when drift was detected", int(drift_detected))
+    gauge("catdog_evaluation_last_run_timestamp_seconds", "When the evaluation ran", time.time())
+    push_to_gateway(url, job=JOB, registry=registry, timeout=PUSH_TIMEOUT_SECONDS)

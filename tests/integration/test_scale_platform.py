@@ -1,0 +1,149 @@
+"""PROFILE=scale end to end: PostgreSQL, two workers, Prometheus + Pushgateway.
+
+`scripts/services.py up` with PROFILE=scale on free ports and a temp run dir;
+then the key path through the workers: train (a slice, 2 epochs) -> package ->
+serve (inference log in PostgreSQL) -> evaluate, three evaluations at once so
+the second worker must take one. Checks that Prefect and MLflow keep their data
+in PostgreSQL, that the evaluation read the requests the service logged there,
+that its figures reached the Pushgateway, and which worker ran each flow run
+(the `prefect.worker.name` label the worker puts on the run).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.servers import BIN, free_port, run
+from model_lib.inference_log import InferenceLog
+from model_lib.monitoring import inference_frame, send_traffic
+from tests.conftest import TEST_IMAGES
+from tests.integration.conftest import SMALL_TRAINING, pause_schedules, prefect_api, run_deployment
+from tests.integration.platform import platform_env, services_cli
+
+TRAFFIC = 48
+RUN_WAIT_SECONDS = 1800
+
+
+@pytest.fixture(scope="module")
+def scale_platform(real_data):
+    # Under /tmp with mode 755: root runs PostgreSQL as the `postgres` OS user.
+    run_dir = Path(tempfile.mkdtemp(prefix="catdog-scale-"))
+    run_dir.chmod(0o755)
+    env = platform_env(
+        run_dir / "run",
+        **{
+            "PROFILE": "scale",
+            "CATDOG_PG_PORT": str(free_port()),
+            "PROMETHEUS_PORT": str(free_port()),
+            "PUSHGATEWAY_PORT": str(free_port()),
+            "CATDOG_WORK_POOL": "scale-test",
+        },
+    )
+    try:
+        started = services_cli(env, "up")
+        assert started.returncode == 0, started.stdout + started.stderr
+        run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
+        platform = {"env": env, "run_dir": run_dir / "run"}
+        pause_schedules(platform, "evaluate/scheduled")
+        yield platform
+    finally:
+        stopped = services_cli(env, "down")
+        print(stopped.stdout, stopped.stderr)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def is_sqlite(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(16) == b"SQLite format 3\x00"
+
+
+def worker_of(platform, flow_run: dict) -> str:
+    labels = prefect_api(platform, "GET", f"/flow_runs/{flow_run['id']}")["labels"]
+    return labels["prefect.worker.name"]
+
+
+def wait_final(platform, run_ids: list[str]) -> list[dict]:
+    deadline = time.monotonic() + RUN_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        runs = [prefect_api(platform, "GET", f"/flow_runs/{i}") for i in run_ids]
+        if all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs):
+            return runs
+        time.sleep(5)
+    pytest.fail(f"flow runs not finished after {RUN_WAIT_SECONDS} s: {runs}")
+
+
+def test_key_path_on_postgresql_through_two_workers(scale_platform):
+    platform, env = scale_platform, scale_platform["env"]
+    assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    status = services_cli(env, "status").stdout
+    for name in ("postgres", "mlflow", "prefect-server", "worker", "worker-2", "prometheus"):
+        assert f"{name}: running" in status, status
+
+    trained = run_deployment(platform, "train/baseline", {"config": SMALL_TRAINING})
+    packaged = run_deployment(platform, "package/champion", {})
+    served = services_cli(env, "serve")
+    assert served.returncode == 0, served.stdout + served.stderr
+    url = env["CATDOG_SERVICE_URL"]
+    statuses = send_traffic(url, TEST_IMAGES, TRAFFIC, source="user")
+    assert statuses == {200: TRAFFIC}
+
+    # Every request the service logged is in PostgreSQL (the recorder writes in the background).
+    log = InferenceLog(env["CATDOG_INFERENCE_LOG"])
+    deadline = time.monotonic() + 120
+    while len(inference_frame(log)) < TRAFFIC and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(inference_frame(log)) == TRAFFIC
+
+    # Three at once: a worker runs one at a time, so both must take some.
+    deployment = prefect_api(platform, "GET", "/deployments/name/evaluate/scheduled")
+    params = {"service_url": url, "min_accuracy": 0.0, "min_requests": 40, "drift_share": 1.0}
+    created = [
+        prefect_api(
+            platform,
+            "POST",
+            f"/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": params},
+        )
+        for _ in range(3)
+    ]
+    evaluations = wait_final(platform, [r["id"] for r in created])
+    assert [r["state_type"] for r in evaluations] == ["COMPLETED"] * 3, [
+        (r["state_type"], r["state"]["message"]) for r in evaluations
+    ]
+
+    workers = {worker_of(platform, r) for r in [trained, packaged, *evaluations]}
+    assert len(workers) == 2, f"flow runs by worker: {workers}"
+
+    # The evaluation read the logged window from PostgreSQL and pushed its figures.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("catdog-monitoring")
+    monitoring_runs = client.search_runs([experiment.experiment_id])
+    assert len(monitoring_runs) == 3
+    assert {r.data.metrics["drift_rows"] for r in monitoring_runs} == {TRAFFIC}
+    pushed = httpx.get(f"{env['CATDOG_PUSHGATEWAY_URL']}/metrics", timeout=10).text
+    assert 'catdog_evaluation_window_requests{instance="",job="catdog-evaluate"} 48' in pushed
+
+    # MLflow's registry and Prefect's runs live in PostgreSQL, not in SQLite files.
+    import psycopg
+
+    base = env["CATDOG_INFERENCE_LOG"].rsplit("/", 1)[0]
+    with psycopg.connect(f"{base}/mlflow") as connection:
+        (versions,) = connection.execute("SELECT count(*) FROM model_versions").fetchone()
+    assert versions == 1
+    with psycopg.connect(f"{base}/prefect") as connection:
+        (runs,) = connection.execute(
+            "SELECT count(*) FROM flow_run WHERE state_type <> 'SCHEDULED'"
+        ).fetchone()
+    assert runs == 5
+    sqlite = [path for path in platform["run_dir"].rglob("*") if is_sqlite(path)]
+    assert not sqlite, f"SQLite databases were created: {sqlite}"

@@ -1,0 +1,104 @@
+"""PROFILE=scale selects its services; the default profile stays as it was."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from bench.servers import ROOT
+from scripts import services
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    values = {
+        "CATDOG_RUN_DIR": str(tmp_path),
+        "MLFLOW_PORT": "15000",
+        "PREFECT_PORT": "14200",
+        "BENTO_PORT": "13000",
+        "CATDOG_WORK_POOL": "local",
+        "CATDOG_PG_PORT": "15433",
+        "PROMETHEUS_PORT": "19090",
+        "PUSHGATEWAY_PORT": "19091",
+        "CATDOG_MLFLOW_BACKEND_URI": "postgresql+psycopg://catdog@127.0.0.1:15433/mlflow",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    for name in ("CATDOG_PROFILE", "PROFILE", "CATDOG_PREFECT_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_default_profile_is_unchanged(env):
+    platform = services.services()
+    assert list(platform) == ["mlflow", "prefect-server", "worker", "haproxy", "watchdog"]
+    argv = platform["mlflow"].argv
+    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{env}/mlflow/mlflow.db"
+    assert "--serve-artifacts" not in argv
+
+
+def test_scale_profile_adds_postgres_two_workers_and_monitoring(env, monkeypatch):
+    monkeypatch.setenv("PROFILE", "scale")
+    platform = services.services()
+    assert set(platform) == {
+        "mlflow",
+        "prefect-server",
+        "worker",
+        "worker-2",
+        "haproxy",
+        "watchdog",
+        "postgres",
+        "prometheus",
+        "pushgateway",
+    }
+    mlflow = platform["mlflow"].argv
+    assert mlflow[mlflow.index("--backend-store-uri") + 1].startswith("postgresql+psycopg://")
+    assert "--serve-artifacts" in mlflow
+    names = [w.argv[w.argv.index("--name") + 1] for w in (platform["worker"], platform["worker-2"])]
+    assert names[1] == f"{names[0]}-2"  # one pool, two distinct workers
+    assert platform["worker"].argv[-2:] == platform["worker-2"].argv[-2:] == ["--limit", "1"]
+    assert platform["postgres"].port == 15433 and "-p" in platform["postgres"].argv
+    monkeypatch.setenv("CATDOG_PREFECT_WORKERS", "3")
+    assert "worker-3" in services.services()
+
+
+def test_unknown_profile_is_refused(env, monkeypatch):
+    monkeypatch.setenv("PROFILE", "big")
+    with pytest.raises(services.ServiceError, match="unknown PROFILE 'big'"):
+        services.services()
+
+
+def test_env_sh_selects_postgresql_only_in_the_scale_profile(tmp_path):
+    def settings(profile: str) -> dict:
+        script = (
+            f"PROFILE={profile} CATDOG_RUN_DIR={tmp_path} . scripts/env.sh && "
+            "echo $CATDOG_INFERENCE_LOG; echo ${PREFECT_SERVER_DATABASE_CONNECTION_URL:-none}"
+        )
+        out = subprocess.run(
+            ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        log, prefect_db = out.stdout.split()
+        return {"log": log, "prefect_db": prefect_db}
+
+    assert settings("default") == {"log": f"{tmp_path}/inference_log.sqlite", "prefect_db": "none"}
+    scale = settings("scale")
+    assert scale["log"] == "postgresql://catdog@127.0.0.1:5433/catdog"
+    assert scale["prefect_db"] == "postgresql+asyncpg://catdog@127.0.0.1:5433/prefect"
+
+
+def test_prometheus_config_and_replica_targets(env):
+    config = services.render_prometheus_config(interval="2s")
+    text = config.read_text()
+    assert "scrape_interval: 2s" in text and str(services.MONITORING_DIR / "alerts.yml") in text
+    assert "127.0.0.1:14200" in text and "127.0.0.1:19091" in text
+    services.write_service_targets(["127.0.0.1:3001", "127.0.0.1:3002"])
+    groups = json.loads(services.service_targets_file().read_text())
+    assert [g["targets"] for g in groups] == [["127.0.0.1:3001"], ["127.0.0.1:3002"]]
+    check = subprocess.run(
+        ["promtool", "check", "config", "--syntax-only", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
