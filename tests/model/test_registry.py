@@ -63,7 +63,7 @@ def test_the_gate_rescores_a_champion_of_another_architecture_with_its_own_prepr
     images = [decode_image(item.path.read_bytes()) for item in val_items]
     labels = [item.label for item in val_items]
     expected = accuracy(OnnxClassifier(champion_path).predict_images(images), labels)
-    assert scored_version == version
+    assert str(scored_version) == version  # MLflow 3 returns it as an int here
     assert scored == expected and scored >= 0.9  # two colours: the champion gets them right
 
 
