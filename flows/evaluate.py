@@ -120,6 +120,7 @@ def evaluate(
 
         run_id = log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems)
         publish_artifacts(result, drift, run_id, problems)
+    emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, problems)
     if problems:
         raise EvaluationFailed("; ".join(problems))
     return {
@@ -127,6 +128,34 @@ def evaluate(
         "mlflow_run_id": run_id,
         "drift_detected": bool(drift and drift.detected),
     }
+
+
+def emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, problems) -> None:
+    """The alarms `train/retrain` reacts to (prefect.yaml), or `ok` when all is well.
+
+    A window too small to judge or failed requests are problems for a person,
+    not reasons to retrain, so they raise no alarm event."""
+    from flows import events
+
+    version = ",".join(result.model_versions) or "unknown"
+    resource = events.model_resource(model_name, version)
+    payload = {
+        "model_name": model_name,
+        "version": version,
+        "accuracy": result.report["accuracy"],
+        "min_accuracy": min_accuracy,
+        "drift_share": None if drift is None else drift.share,
+        "drifted_columns": [] if drift is None else list(drift.drifted_columns),
+        "mlflow_run_id": run_id,
+        "problems": problems,
+    }
+    low = result.report["accuracy"] < min_accuracy
+    if drift is not None and drift.detected:
+        events.emit(events.DRIFT_DETECTED, resource, payload)
+    if low:
+        events.emit(events.ACCURACY_LOW, resource, payload)
+    if not problems:
+        events.emit(events.EVALUATION_OK, resource, payload)
 
 
 def log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems) -> str:
