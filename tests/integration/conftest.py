@@ -26,6 +26,10 @@ def pytest_configure(config):
     os.environ["CATDOG_RETRAIN_COOLDOWN"] = "PT6H"
     os.environ["CATDOG_ROLLOUT_DELAY"] = "PT0S"
     os.environ.setdefault("CATDOG_WORK_POOL", "local")  # the pool the `platform` fixture makes
+    # As scripts/env.sh does for `make up`: MLflow's default 4 uvicorn workers and its job
+    # runner never became healthy on a loaded 2-core machine (GUIDE "Slow machines exist").
+    os.environ.setdefault("MLFLOW_WORKERS", "1")
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 
 STAND_IN_FLOW = '''"""TEST STAND-IN for `deploy/rollout`, registered ONLY in the
