@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import prefect_api
+from tests.conftest import pause_schedules, prefect_api
 from tests.servers import BIN, ROOT, run
 
 LOOP_DEPLOYMENTS = ("train/retrain", "package/champion", "deploy/rollout")
@@ -83,6 +83,8 @@ def set_loop(platform, enabled: bool, *extra_projects: Path) -> None:
     }
     for project in (ROOT, *extra_projects):
         run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, cwd=project)
+    # A deploy re-activates the cron schedule the `platform` fixture paused.
+    pause_schedules(platform, "evaluate/scheduled")
 
 
 def loop_automations(platform) -> dict[str, dict]:

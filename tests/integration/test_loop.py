@@ -6,10 +6,12 @@ ingest and the switch are checked first, then the loop is turned on for the chai
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -38,11 +40,26 @@ def dvc(*args, cwd):
 
 @pytest.fixture(scope="module")
 def loop(platform, rollout_stand_in):
-    """The stand-in rollout deployed next to the project; loop off again afterwards."""
+    """The stand-in rollout deployed next to the project; loop off again afterwards.
+
+    With CATDOG_LOOP_SCREENSHOTS=<folder>, the UI pages of the loop (events,
+    automations, runs) are screenshot first, for the README."""
     set_loop(platform, False, rollout_stand_in)
     yield lambda enabled: set_loop(platform, enabled, rollout_stand_in)
     set_pool_paused(platform, False)
+    if folder := os.environ.get("CATDOG_LOOP_SCREENSHOTS"):
+        screenshot_loop(platform, Path(folder))
     set_loop(platform, False, rollout_stand_in)
+
+
+def screenshot_loop(platform, folder: Path) -> None:
+    from scripts.screenshots import chromium_screenshot
+
+    ui = platform["env"]["PREFECT_API_URL"].removesuffix("/api")
+    folder.mkdir(parents=True, exist_ok=True)
+    for page, name in (("events", "loop-events"), ("automations", "loop-automations")):
+        chromium_screenshot(f"{ui}/{page}", folder / f"{name}.png")
+    chromium_screenshot(f"{ui}/runs", folder / "loop-runs.png", height=1100)
 
 
 @pytest.fixture
@@ -90,7 +107,7 @@ def test_ingest_adds_only_good_new_files_as_a_new_data_version(
     expected = {p.relative_to(DATA) for paths in new.values() for p in paths}
     assert added == expected  # not the corrupt file, not the copy
     assert after != before and after.endswith(".dir")
-    assert "up to date" in dvc("status", "--cloud", "--remote", "store", cwd=small_repo).lower()
+    assert "in sync" in dvc("status", "--cloud", "--remote", "store", cwd=small_repo)
     (event,) = [
         e
         for e in events_named(platform, "catdog.data.new-version")
