@@ -21,6 +21,9 @@ PROMOTED = "catdog.model.promoted"
 REJECTED = "catdog.model.rejected"
 BENTO_BUILT = "catdog.bento.built"
 DATA_NEW_VERSION = "catdog.data.new-version"
+# Emitted by deploy/rollout (branch `rollout`); named here so every name is in one place.
+ROLLOUT_COMPLETED = "catdog.rollout.completed"
+ROLLED_BACK = "catdog.rollout.rolled-back"
 
 
 def model_resource(model_name: str, version: str) -> dict[str, str]:
