@@ -14,12 +14,18 @@ DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
         package serve rollback serving bench-rollout traffic evaluate urls containerize smoke \
         bench bench-platform screenshots tools test test-unit test-data test-model test-integration \
-        lint format clean
+        lint format clean loop-on loop-off loop-status dvc-remote ingest loop-demo
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-all: setup up deploy train train-transfer package serve  ## the main job, end to end (see README)
+all: setup up  ## the main job, end to end (see README)
+	@# The steps below train, package and roll out the first models themselves: the loop's
+	@# automations stay off meanwhile (they would package and roll out each one again),
+	@# and are switched on by the last deploy (unless `make loop-off` said otherwise).
+	CATDOG_LOOP=off $(MAKE) --no-print-directory deploy
+	$(MAKE) --no-print-directory train train-transfer package serve
+	$(MAKE) --no-print-directory deploy
 	$(ENV) python scripts/traffic.py --count 60
 	@$(MAKE) --no-print-directory urls
 
@@ -75,6 +81,27 @@ traffic: $(VENV_STAMP)  ## send test photos to the service (SHIFT=darker|blurred
 
 evaluate: $(VENV_STAMP)  ## run the evaluation flow now (it also runs every 15 min)
 	$(RUN) evaluate/scheduled
+
+loop-on: $(VENV_STAMP)  ## turn the closed loop on: every automation of prefect.yaml enabled (re-deploys)
+	$(ENV) mkdir -p "$$CATDOG_RUN_DIR" && echo on > "$$CATDOG_RUN_DIR/loop" && \
+	  CATDOG_LOOP_ENABLED=true prefect --no-prompt deploy --all
+
+loop-off: $(VENV_STAMP)  ## turn the closed loop off: no automation fires (stays off across make deploy)
+	$(ENV) mkdir -p "$$CATDOG_RUN_DIR" && echo off > "$$CATDOG_RUN_DIR/loop" && \
+	  CATDOG_LOOP_ENABLED=false prefect --no-prompt deploy --all
+
+loop-status: $(VENV_STAMP)  ## the loop's automations and whether they are enabled
+	$(ENV) prefect automation ls
+
+dvc-remote: $(VENV_STAMP)  ## a writable local DVC remote for ingest (.run/dvc-store, in .dvc/config.local)
+	$(ENV) .venv/bin/dvc remote add --local --force "$$CATDOG_DVC_REMOTE" "$$CATDOG_RUN_DIR/dvc-store"
+
+ingest: $(VENV_STAMP)  ## add FOLDER=<dir with cat/ and dog/> as a new DVC data version (ingest/labelled)
+	@test -n "$${FOLDER:-}" || { echo "usage: make ingest FOLDER=path/with/cat-and-dog-folders"; exit 2; }
+	$(RUN) ingest/labelled --params "{\"folder\": \"$$(realpath "$$FOLDER")\"}"
+
+loop-demo: $(VENV_STAMP) dvc-remote  ## on the running platform: ingest a batch, shifted traffic, drift alarm, watch the loop
+	$(ENV) python scripts/loop_demo.py
 
 containerize: $(VENV_STAMP)  ## OCI image of the latest bento (buildah + local base image without Docker)
 	scripts/container/containerize.sh catdog-classifier:latest $(IMAGE)

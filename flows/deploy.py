@@ -21,13 +21,25 @@ from __future__ import annotations
 
 import time
 
+import bentoml
 import httpx
+from bentoml.exceptions import NotFound
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from model_lib import monitoring
-from model_lib.rollout import Evidence, RolloutConfig, Verdict, Window, canary_weights, judge
+from model_lib.rollout import (
+    Evidence,
+    RolloutConfig,
+    Verdict,
+    Window,
+    canary_weights,
+    judge,
+    parse_metrics,
+)
 from model_lib.tracking import ensure_tracking_server
 from scripts import balancer
 
@@ -43,9 +55,6 @@ class RolloutRejected(RuntimeError):
 @task
 def resolve_bento(bento_tag: str) -> str:
     """The exact tag (`name:version`) of a bento in the local store, e.g. of `name:latest`."""
-    import bentoml
-    from bentoml.exceptions import NotFound
-
     try:
         return str(bentoml.get(bento_tag).tag)
     except NotFound:
@@ -62,8 +71,6 @@ def start_replicas(bento_tag: str, count: int) -> list[balancer.Replica]:
 @task
 def read_metrics(replicas: list[balancer.Replica]) -> Window:
     """The /classify counts of `replicas`, summed."""
-    from model_lib.rollout import parse_metrics
-
     total = Window()
     for replica in replicas:
         window = parse_metrics(httpx.get(f"{replica.url}/metrics", timeout=30).text)
@@ -120,9 +127,6 @@ def record(
     if version is None:
         logger.warning("the bento names no MLflow model version: nothing recorded in MLflow")
         return
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     client = MlflowClient()
     tags = {"rollout_outcome": outcome, "rollout_reason": reason[:4000], "rollout_bento": bento_tag}
     if move_production:
@@ -239,9 +243,6 @@ def canary(candidates, stable, config: RolloutConfig, test_images_dir: str):
 @flow(name="deploy", log_prints=True)
 def rollback(model_name: str = MODEL_NAME, replicas: int | None = None) -> str:
     """Put the version that served before the current `production` one back."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     logger = get_run_logger()
     ensure_tracking_server()
     client = MlflowClient()

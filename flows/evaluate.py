@@ -18,11 +18,13 @@ from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+from flows import events
 from model_lib import monitoring
 from model_lib.client import check_ready
 from model_lib.config import MODEL_NAME
 from model_lib.image_stats import REFERENCE_STATS_FILE
 from model_lib.inference_log import InferenceLog
+from model_lib.pushgateway import push_evaluation, pushgateway_url
 from model_lib.tracking import ensure_tracking_server
 
 MONITORING_EXPERIMENT = "catdog-monitoring"
@@ -120,6 +122,7 @@ def evaluate(
         run_id = log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems)
         publish_artifacts(result, drift, run_id, problems)
         push_figures(result, drift, min_accuracy, len(current))
+    emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, problems)
     if problems:
         raise EvaluationFailed("; ".join(problems))
     return {
@@ -127,6 +130,32 @@ def evaluate(
         "mlflow_run_id": run_id,
         "drift_detected": bool(drift and drift.detected),
     }
+
+
+def emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, problems) -> None:
+    """The alarms `train/retrain` reacts to (prefect.yaml), or `ok` when all is well.
+
+    A window too small to judge or failed requests are problems for a person,
+    not reasons to retrain, so they raise no alarm event."""
+    version = ",".join(result.model_versions) or "unknown"
+    resource = events.model_resource(model_name, version)
+    payload = {
+        "model_name": model_name,
+        "version": version,
+        "accuracy": result.report["accuracy"],
+        "min_accuracy": min_accuracy,
+        "drift_share": None if drift is None else drift.share,
+        "drifted_columns": [] if drift is None else list(drift.drifted_columns),
+        "mlflow_run_id": run_id,
+        "problems": problems,
+    }
+    low = result.report["accuracy"] < min_accuracy
+    if drift is not None and drift.detected:
+        events.emit(events.DRIFT_DETECTED, resource, payload)
+    if low:
+        events.emit(events.ACCURACY_LOW, resource, payload)
+    if not problems:
+        events.emit(events.EVALUATION_OK, resource, payload)
 
 
 def log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems) -> str:
@@ -157,8 +186,6 @@ def log_to_mlflow(result, drift, html_path, service_url, window_minutes, problem
 
 def push_figures(result, drift, min_accuracy: float, window_requests: int) -> None:
     """To the Pushgateway when CATDOG_PUSHGATEWAY_URL is set (PROFILE=scale)."""
-    from model_lib.pushgateway import push_evaluation, pushgateway_url
-
     url = pushgateway_url()
     if url is None:
         return

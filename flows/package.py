@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows import events
 from model_lib import packaging
 from model_lib.config import MODEL_NAME
 from model_lib.tracking import ensure_tracking_server
@@ -41,6 +42,22 @@ def record(champion: packaging.Champion, model_tag: str, bento_tag: str) -> None
     client.set_model_version_tag(champion.model_name, champion.version, "bentoml_model", model_tag)
 
 
+def emit_bento_built(champion: packaging.Champion, bento_tag: str) -> None:
+    """`deploy/rollout` reacts to this event with `bento_tag` from its payload."""
+    events.emit(
+        events.BENTO_BUILT,
+        events.model_resource(champion.model_name, champion.version),
+        {
+            "bento_tag": bento_tag,
+            "model_name": champion.model_name,
+            "version": str(champion.version),
+            "precision": champion.precision,
+            "val_accuracy": champion.val_accuracy,
+        },
+        [events.bento_resource(bento_tag)],
+    )
+
+
 @flow(name="package")
 def package(
     model_name: str = MODEL_NAME,
@@ -70,6 +87,7 @@ def package(
     bento_tag = build(bentofile)
     logger.info("built bento %s", bento_tag)
     record(champion, model_tag, bento_tag)
+    emit_bento_built(champion, bento_tag)
     create_markdown_artifact(
         key="package-summary",
         markdown=(

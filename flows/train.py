@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows import events
 from model_lib import data as data_lib
 from model_lib import pipeline
 from model_lib.config import TrainConfig
@@ -22,6 +23,7 @@ from model_lib.image_stats import REFERENCE_STATS_FILE, write_reference_statisti
 from model_lib.metrics import classification_report, flat_metrics
 from model_lib.plots import confusion_matrix_figure, loss_curve
 from model_lib.progress import TrainingProgress
+from model_lib.promotion import decision_markdown
 from model_lib.quantize import (
     INT8_ARTIFACT_PATH,
     INT8_TOLERANCE,
@@ -146,15 +148,43 @@ def quantize(result: pipeline.TrainResult, fp32_accuracy: float, out_dir: Path, 
 
 
 @task(cache_policy=NO_CACHE)
-def register(model_uri: str, config: TrainConfig, accuracy: float, val_items, run_id: str):
+def register(model_uri: str, config: TrainConfig, result, accuracy: float, val_items, run_id: str):
+    candidate_correct = result.val_probabilities.argmax(1) == result.val_labels
     with mlflow.start_run(run_id=run_id):
         version, decision = register_and_gate(
-            model_uri, config.registered_model_name, accuracy, val_items, run_id
+            model_uri, config.registered_model_name, accuracy, val_items, run_id, candidate_correct
         )
     get_run_logger().info(
         "registered %s v%s: %s", config.registered_model_name, version, decision.reason
     )
+    create_markdown_artifact(
+        key="champion-gate",
+        markdown=decision_markdown(config.registered_model_name, version, decision),
+        description="Promotion decision and the paired test behind it",
+    )
     return version, decision
+
+
+def emit_model_events(config: TrainConfig, version: str, decision, run_id: str) -> None:
+    """candidate-registered, then promoted or rejected: `package/champion` reacts to promoted."""
+    data_version = data_lib.dvc_data_version(Path(config.data_dir).with_suffix(".dvc"))
+    resource = events.model_resource(config.registered_model_name, version)
+    related = [events.data_resource(data_version)]
+    payload = {
+        "model_name": config.registered_model_name,
+        "version": str(version),
+        "architecture": config.architecture,
+        "mlflow_run_id": run_id,
+        "data_version": data_version,
+    }
+    events.emit(events.CANDIDATE_REGISTERED, resource, payload, related)
+    decision_payload = decision.to_dict()
+    events.emit(
+        events.PROMOTED if decision.promoted else events.REJECTED,
+        resource,
+        payload | decision_payload,
+        related,
+    )
 
 
 @flow(name="train", log_prints=True)
@@ -176,8 +206,9 @@ def train(config: TrainConfig = TrainConfig()) -> dict:  # noqa: B008 - Prefect 
         model_uri, report = log_results(result, dataset.class_names, work_dir, run_id)
         quantize(result, report["accuracy"], work_dir, run_id)
         version, decision = register(
-            model_uri, config, report["accuracy"], dataset.val_items, run_id
+            model_uri, config, result, report["accuracy"], dataset.val_items, run_id
         )
+    emit_model_events(config, version, decision, run_id)
 
     summary = {
         "run_id": run_id,

@@ -82,6 +82,11 @@ def split_fingerprint(items: list[LabeledImage]) -> str:
     return hashlib.sha256(names.encode()).hexdigest()[:16]
 
 
+def content_hash(data: bytes) -> str:
+    """Identity of a file's bytes: equal hashes are duplicates (what DVC hashes too)."""
+    return hashlib.md5(data).hexdigest()
+
+
 @dataclass
 class ValidationReport:
     root: str
@@ -132,7 +137,7 @@ def validate_images(
     iterator = progress(items) if progress else items
     for item in iterator:
         data = item.path.read_bytes()
-        by_hash[hashlib.md5(data).hexdigest()].append(str(item.path))
+        by_hash[content_hash(data)].append(str(item.path))
         try:
             decode_image(data)
         except ImageRejected as exc:

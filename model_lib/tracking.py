@@ -16,11 +16,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from model_lib import promotion
 from model_lib.config import CHAMPION_ALIAS
-from model_lib.metrics import accuracy
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import decode_image
-from model_lib.promotion import decide_promotion
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 
@@ -59,14 +58,15 @@ def git_commit() -> str:
         return "unknown"
 
 
-def champion_accuracy_on(client, model_name: str, val_items) -> tuple[str | None, float | None]:
-    """Re-score the current champion on this run's validation files.
+def champion_correct_on(client, model_name: str, val_items) -> tuple[str | None, np.ndarray | None]:
+    """Re-score the current champion on this run's validation files, image by image.
 
     Comparing against the champion's logged metric would compare different
     splits whenever data_fraction differs, and the champion may preprocess
     differently (size, normalisation); scoring its ONNX file here, with its own
     embedded preprocessing, compares like with like.
-    Returns (version, accuracy), or (None, None) when there is no champion.
+    Returns (version, per-image correctness), or (None, None) when there is
+    no champion; the gate (model_lib.promotion) pairs it with the candidate's.
     """
     try:
         version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
@@ -77,7 +77,7 @@ def champion_accuracy_on(client, model_name: str, val_items) -> tuple[str | None
     images = [decode_image(item.path.read_bytes()) for item in val_items]
     labels = np.asarray([item.label for item in val_items])
     probs = champion.predict_images(images)
-    return version.version, accuracy(probs, labels)
+    return version.version, probs.argmax(1) == labels
 
 
 def log_models(result, onnx_path, example_input: np.ndarray) -> str:
@@ -108,18 +108,22 @@ def log_models(result, onnx_path, example_input: np.ndarray) -> str:
     return info.model_uri
 
 
-def register_and_gate(model_uri: str, model_name: str, val_accuracy: float, val_items, run_id):
-    """Register a version; move the champion alias only if it is better. Returns the decision."""
+def register_and_gate(
+    model_uri: str, model_name: str, val_accuracy: float, val_items, run_id, candidate_correct
+):
+    """Register a version; move the champion alias only if the paired gate says it is
+    better (model_lib.promotion). `candidate_correct`: per-image correctness on `val_items`."""
     client = MlflowClient()
     # Score the champion before registering, so a failure here leaves nothing behind.
-    champion_version, champion_accuracy = champion_accuracy_on(client, model_name, val_items)
-    decision = decide_promotion(val_accuracy, champion_version, champion_accuracy)
+    champion_version, champion_correct = champion_correct_on(client, model_name, val_items)
+    decision = promotion.decide(candidate_correct, champion_version, champion_correct)
     version = mlflow.register_model(model_uri, model_name)
     for key, value in {
         "val_accuracy": f"{val_accuracy:.6f}",
         "run_id": run_id,
         "promotion": "promoted" if decision.promoted else "rejected",
         "promotion_reason": decision.reason,
+        "promotion_method": decision.method,
     }.items():
         client.set_model_version_tag(model_name, version.version, key, value)
     if decision.promoted:

@@ -55,3 +55,18 @@ export PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS=${PREFECT_SERVER_SERVICE
 export PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS:-60}
 # The scheduler's fast loop for just-created deployments (default 5 s).
 export PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS:-30}
+
+# --- the closed loop (README "Closing the loop") ------------------------------
+# The one switch: `make loop-off` / `make loop-on` store it in $CATDOG_RUN_DIR/loop
+# and re-deploy; every automation of prefect.yaml gets `enabled` from it.
+CATDOG_LOOP=${CATDOG_LOOP:-$(cat "$CATDOG_RUN_DIR/loop" 2>/dev/null || echo on)}
+case "$CATDOG_LOOP" in off | false | 0) CATDOG_LOOP_ENABLED=false ;; *) CATDOG_LOOP_ENABLED=true ;; esac
+export CATDOG_LOOP CATDOG_LOOP_ENABLED
+# An alarm starts at most one retraining per cool-down (ISO 8601 duration).
+export CATDOG_RETRAIN_COOLDOWN=${CATDOG_RETRAIN_COOLDOWN:-PT6H}
+# A new bento is rolled out this long after it is built: the window to cancel it.
+export CATDOG_ROLLOUT_DELAY=${CATDOG_ROLLOUT_DELAY:-PT10M}
+# Where `ingest/labelled` adds photos, and the DVC remote it pushes the new version to
+# (`make dvc-remote` configures a local one; ../shared/dvc-store is read-only).
+export CATDOG_DATA_DIR=${CATDOG_DATA_DIR:-$CATDOG_ROOT/data}
+export CATDOG_DVC_REMOTE=${CATDOG_DVC_REMOTE:-catdog-local}

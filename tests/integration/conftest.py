@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
+import uuid
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -23,7 +26,12 @@ from tests.integration.service_runner import train_temporary_model
 def platform(tmp_path_factory, real_data):
     """`make up` and `make deploy` (MLflow, Prefect server, worker) on free ports."""
     state = tmp_path_factory.mktemp("platform")
-    env = platform_env(state)
+    # The loop starts OFF: other tests emit real alarms and promotions, which must not
+    # start retrainings on the shared worker; test_loop.py turns it on for itself. An
+    # automatic rollout waits an hour (the approval window) so a test sees it scheduled.
+    env = platform_env(
+        state, CATDOG_LOOP="off", CATDOG_RETRAIN_COOLDOWN="PT6H", CATDOG_ROLLOUT_DELAY="PT1H"
+    )
     try:
         started = services_cli(env, "up")
         assert started.returncode == 0, f"make up failed:\n{started.stdout}\n{started.stderr}"
@@ -129,3 +137,73 @@ def latest_flow_run(platform, flow_name: str) -> dict:
 def model_onnx(tmp_path_factory, real_data):
     """A small real baseline (cached under .run/test-cache) for the service tests."""
     return train_temporary_model(tmp_path_factory.mktemp("onnx"))
+
+
+def set_loop(platform, enabled: bool) -> None:
+    """The switch as `make loop-on` / `make loop-off` flips it: re-deploy with
+    CATDOG_LOOP_ENABLED, which sets `enabled` on every trigger."""
+    env = {**platform["env"], "CATDOG_LOOP_ENABLED": "true" if enabled else "false"}
+    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
+    # A deploy re-activates the cron schedule the `platform` fixture paused.
+    pause_schedules(platform, "evaluate/scheduled")
+
+
+def loop_automations(platform) -> dict[str, dict]:
+    automations = prefect_api(platform, "POST", "/automations/filter", json={})
+    return {a["name"]: a for a in automations}
+
+
+def emit(platform, name: str, resource_id: str, payload: dict | None = None) -> str:
+    """An event as a flow would send it (POST /api/events: what emit_event ends in)."""
+    event_id = str(uuid.uuid4())
+    prefect_api(
+        platform,
+        "POST",
+        "/events",
+        json=[
+            {
+                "id": event_id,
+                "occurred": datetime.now(UTC).isoformat(),
+                "event": name,
+                "resource": {"prefect.resource.id": resource_id},
+                "related": [],
+                "payload": payload or {},
+            }
+        ],
+    )
+    return event_id
+
+
+def events_named(platform, name: str) -> list[dict]:
+    page = prefect_api(
+        platform,
+        "POST",
+        "/events/filter",
+        json={"filter": {"event": {"name": [name]}}, "limit": 50},
+    )
+    return page["events"]
+
+
+def runs_of(platform, deployment: str) -> list[dict]:
+    found = prefect_api(platform, "GET", f"/deployments/name/{deployment}")
+    return prefect_api(
+        platform,
+        "POST",
+        "/flow_runs/filter",
+        json={"deployments": {"id": {"any_": [found["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"},
+    )
+
+
+def wait_for(check, timeout: float, what: str, every: float = 2.0):
+    """Poll `check()` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def set_pool_paused(platform, paused: bool, pool: str = "local") -> None:
+    prefect_api(platform, "PATCH", f"/work_pools/{pool}", json={"is_paused": paused})

@@ -16,8 +16,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bench.servers import ROOT, free_port
-from model_lib.inference_log import COLUMNS, InferenceLog
-from model_lib.inference_log import InferenceLogUnavailable, PostgresInferenceLog
+from model_lib.inference_log import (
+    COLUMNS,
+    InferenceLog,
+    InferenceLogUnavailable,
+    PostgresInferenceLog,
+)
 from model_lib.monitoring import inference_frame
 from tests.integration.postgres import postgres_cluster
 from tests.unit.test_inference_log import record

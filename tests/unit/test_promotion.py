@@ -1,18 +1,57 @@
-from model_lib.promotion import decide_promotion, should_promote
+"""The paired champion gate (model_lib.promotion): McNemar's exact test on per-image correctness."""
+
+import numpy as np
+import pytest
+
+from model_lib.promotion import decide, decision_markdown, mcnemar_exact
 
 
-def test_first_model_becomes_champion():
-    assert should_promote(0.6, None)
-    decision = decide_promotion(0.6, None, None)
-    assert decision.promoted and "first" in decision.reason
+def paired(both: int, candidate_only: int, champion_only: int, neither: int):
+    candidate = [1] * both + [1] * candidate_only + [0] * champion_only + [0] * neither
+    champion = [1] * both + [0] * candidate_only + [1] * champion_only + [0] * neither
+    return np.array(candidate, bool), np.array(champion, bool)
 
 
-def test_better_model_is_promoted():
-    decision = decide_promotion(0.91, "3", 0.88)
-    assert decision.promoted and "beats champion v3" in decision.reason
+def test_discordant_counts_and_exact_p_value():
+    b, c, p = mcnemar_exact(*paired(80, 8, 1, 11))
+    assert (b, c) == (8, 1)
+    # P(X >= 8 | X ~ Binomial(9, 0.5)) = (C(9,8) + C(9,9)) / 2**9 = 10 / 512
+    assert p == pytest.approx(10 / 512)
 
 
-def test_worse_or_equal_model_is_not_promoted():
-    assert not decide_promotion(0.88, "3", 0.91).promoted
-    tie = decide_promotion(0.9, "3", 0.9)
-    assert not tie.promoted and "does not beat" in tie.reason
+def test_identical_models_give_no_evidence():
+    assert mcnemar_exact(*paired(90, 0, 0, 10)) == (0, 0, 1.0)
+
+
+def test_a_small_lead_on_noise_does_not_churn_the_champion():
+    # 2 more images right out of 400: higher accuracy, but a coin would do that often.
+    decision = decide(*paired(350, 6, 4, 40)[:1], "3", paired(350, 6, 4, 40)[1])
+    assert decision.candidate_accuracy > decision.champion_accuracy
+    assert not decision.promoted
+    assert "does not beat" in decision.reason and "McNemar" in decision.reason
+    assert decision.p_value > 0.05
+
+
+def test_a_clear_win_is_promoted_with_its_statistics():
+    candidate, champion = paired(300, 30, 5, 65)
+    decision = decide(candidate, "7", champion)
+    assert decision.promoted and decision.p_value < 0.001
+    assert (decision.candidate_only_correct, decision.champion_only_correct) == (30, 5)
+    assert decision.method == "mcnemar-exact" and decision.images == 400
+    assert decision.to_dict()["champion_version"] == "7"
+    assert "**promoted**" in decision_markdown("catdog-classifier", "8", decision)
+
+
+def test_a_worse_candidate_is_rejected():
+    candidate, champion = paired(300, 2, 30, 68)
+    assert not decide(candidate, "7", champion).promoted
+
+
+def test_first_model_becomes_champion_without_a_test():
+    decision = decide(np.array([1, 0, 1], bool), None, None)
+    assert decision.promoted and "first" in decision.reason and decision.p_value is None
+
+
+def test_unpaired_inputs_are_refused():
+    with pytest.raises(ValueError, match="same images"):
+        mcnemar_exact(np.ones(5, bool), np.ones(6, bool))
