@@ -25,7 +25,6 @@ import bentoml
 import httpx
 from bentoml.exceptions import NotFound
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
@@ -40,7 +39,7 @@ from model_lib.rollout import (
     judge,
     parse_metrics,
 )
-from model_lib.tracking import ensure_tracking_server
+from model_lib.tracking import ensure_tracking_server, version_by_alias
 from scripts import balancer
 
 PRODUCTION_ALIAS = "production"
@@ -130,12 +129,9 @@ def record(
     client = MlflowClient()
     tags = {"rollout_outcome": outcome, "rollout_reason": reason[:4000], "rollout_bento": bento_tag}
     if move_production:
-        try:
-            previous = client.get_model_version_by_alias(model_name, PRODUCTION_ALIAS).version
-        except MlflowException:
-            previous = None
-        if previous is not None and str(previous) != str(version):
-            tags["previous_production_version"] = str(previous)
+        previous = version_by_alias(client, model_name, PRODUCTION_ALIAS)
+        if previous is not None and str(previous.version) != str(version):
+            tags["previous_production_version"] = str(previous.version)
         client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, version)
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
@@ -246,12 +242,11 @@ def rollback(model_name: str = MODEL_NAME, replicas: int | None = None) -> str:
     logger = get_run_logger()
     ensure_tracking_server()
     client = MlflowClient()
-    try:
-        current = client.get_model_version_by_alias(model_name, PRODUCTION_ALIAS)
-    except MlflowException:
+    current = version_by_alias(client, model_name, PRODUCTION_ALIAS)
+    if current is None:
         raise RolloutRejected(
             f"{model_name} has no '{PRODUCTION_ALIAS}' alias: nothing was rolled out to roll back"
-        ) from None
+        )
     previous = current.tags.get("previous_production_version")
     if previous is None:
         raise RolloutRejected(

@@ -15,12 +15,12 @@ from pathlib import Path
 import bentoml
 import mlflow
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
 from model_lib.image_stats import REFERENCE_STATS_FILE
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.quantize import INT8_ARTIFACT_PATH
+from model_lib.tracking import version_by_alias
 
 
 class NotAChampion(RuntimeError):
@@ -52,13 +52,12 @@ def resolve_champion(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     client = MlflowClient()
-    try:
-        champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-    except MlflowException:
+    champion = version_by_alias(client, model_name, CHAMPION_ALIAS)
+    if champion is None:
         raise NotAChampion(
             f"registered model {model_name!r} has no '{CHAMPION_ALIAS}' alias: train a model first "
             "(`prefect deployment run train/baseline --watch`)"
-        ) from None
+        )
     if version is not None and str(version) != str(champion.version):
         raise NotAChampion(
             f"{model_name} v{version} is not the champion (v{champion.version} is); only the "

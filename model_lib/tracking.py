@@ -58,6 +58,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+def version_by_alias(client, model_name: str, alias: str):
+    """The model version `alias` points at, or None when the alias (or model) does not exist."""
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
 def champion_correct_on(client, model_name: str, val_items) -> tuple[str | None, np.ndarray | None]:
     """Re-score the current champion on this run's validation files, image by image.
 
@@ -68,9 +76,8 @@ def champion_correct_on(client, model_name: str, val_items) -> tuple[str | None,
     Returns (version, per-image correctness), or (None, None) when there is
     no champion; the gate (model_lib.promotion) pairs it with the candidate's.
     """
-    try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-    except MlflowException:
+    version = version_by_alias(client, model_name, CHAMPION_ALIAS)
+    if version is None:
         return None, None
     folder = mlflow.artifacts.download_artifacts(f"models:/{model_name}@{CHAMPION_ALIAS}")
     champion = OnnxClassifier(os.path.join(folder, "model.onnx"))
