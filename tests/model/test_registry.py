@@ -16,7 +16,7 @@ from model_lib.packaging import resolve_champion
 from model_lib.pipeline import export
 from model_lib.preprocess import decode_image
 from model_lib.quantize import INT8_ARTIFACT_PATH, calibration_inputs, quantize_int8
-from model_lib.tracking import champion_accuracy_on
+from model_lib.tracking import champion_correct_on
 from tests.model.conftest import tiny_training
 
 
@@ -58,7 +58,8 @@ def test_the_gate_rescores_a_champion_of_another_architecture_with_its_own_prepr
     assert champion_run.prep.image_size != tiny_run.prep.image_size
 
     val_items = tiny_run.dataset.val_items
-    scored_version, scored = champion_accuracy_on(MlflowClient(), MODEL_NAME, val_items)
+    scored_version, correct = champion_correct_on(MlflowClient(), MODEL_NAME, val_items)
+    scored = float(correct.mean())
 
     images = [decode_image(item.path.read_bytes()) for item in val_items]
     labels = [item.label for item in val_items]
@@ -68,7 +69,7 @@ def test_the_gate_rescores_a_champion_of_another_architecture_with_its_own_prepr
 
 
 def test_no_champion_means_nothing_to_rescore(registry, tiny_run):
-    assert champion_accuracy_on(MlflowClient(), MODEL_NAME, tiny_run.dataset.val_items) == (
+    assert champion_correct_on(MlflowClient(), MODEL_NAME, tiny_run.dataset.val_items) == (
         None,
         None,
     )
