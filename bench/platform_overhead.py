@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--idle-only", action="store_true", help="skip the training runs (a busy machine)"
+    )
     args = parser.parse_args(argv)
 
     idle = {"project": {}, "upstream": {}}
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 idle[settings].setdefault(name, []).append(share)
 
     ratios, during, rows = [], {}, []
-    for round_number in range(1, args.rounds + 1):
+    for round_number in range(1, 0 if args.idle_only else args.rounds + 1):
         services.down()
         alone = train_seconds(args.steps)
         pids = restart("project")
@@ -165,34 +168,21 @@ def main(argv: list[str] | None = None) -> int:
     def median(values: list[float]) -> str:
         return f"{statistics.median(values):.1f}"
 
+    columns = [
+        ("idle, servers' defaults", idle["upstream"]),
+        ("idle, scripts/env.sh", idle["project"]),
+    ]
+    if during:
+        columns.append(("while training", during))
     names = list(idle["project"])
     print(f"\nPlatform CPU, % of one core, medians of {args.rounds} rounds:")
-    print(
-        table(
-            [
-                (
-                    name,
-                    median(idle["upstream"][name]),
-                    median(idle["project"][name]),
-                    median(during[name]),
-                )
-                for name in names
-            ]
-            + [
-                (
-                    "total",
-                    *(
-                        f"{sum(statistics.median(v) for v in column.values()):.1f}"
-                        for column in (idle["upstream"], idle["project"], during)
-                    ),
-                )
-            ],
-            ("service", "idle, servers' defaults", "idle, scripts/env.sh", "while training"),
-        )
-    )
-    print(f"\nTraining (baseline CNN, batch 64, 224 px, {args.steps} steps), images/s:")
-    print(table(rows, ("round", "platform stopped", "platform running", "ratio")))
-    print(f"median ratio (running / stopped speed): {statistics.median(ratios):.3f}")
+    body = [(name, *(median(column[name]) for _, column in columns)) for name in names]
+    total = [f"{sum(statistics.median(v) for v in column.values()):.1f}" for _, column in columns]
+    print(table(body + [("total", *total)], ("service", *(title for title, _ in columns))))
+    if ratios:
+        print(f"\nTraining (baseline CNN, batch 64, 224 px, {args.steps} steps), images/s:")
+        print(table(rows, ("round", "platform stopped", "platform running", "ratio")))
+        print(f"median ratio (running / stopped speed): {statistics.median(ratios):.3f}")
     print(f"load average at the end: {os.getloadavg()}")
     return 0
 
