@@ -218,16 +218,26 @@ def test_repeated_drift_alarm_starts_exactly_one_retraining(platform, loop):
         set_pool_paused(platform, False)
 
 
+def stored_events(platform, name: str, resource_id: str) -> list[dict]:
+    """The events `name` about `resource_id`, once the server has stored them: the event
+    persister writes in batches a few seconds after the flow emitted them."""
+    return wait_for(
+        lambda: [
+            e
+            for e in events_named(platform, name)
+            if e["resource"]["prefect.resource.id"] == resource_id
+        ],
+        120,
+        f"event {name} of {resource_id} in the server's event store",
+    )
+
+
 def test_promoted_model_is_packaged_then_rolled_out(platform, loop):
     from mlflow import MlflowClient
 
     config = {**SMALL_TRAINING, "registered_model_name": LOOP_MODEL}
     run_deployment(platform, "train/baseline", {"config": config})
-    (promoted,) = [
-        e
-        for e in events_named(platform, "catdog.model.promoted")
-        if e["resource"]["prefect.resource.id"] == f"catdog.model.{LOOP_MODEL}.1"
-    ]
+    (promoted,) = stored_events(platform, "catdog.model.promoted", f"catdog.model.{LOOP_MODEL}.1")
     assert "first" in promoted["payload"]["reason"]
 
     def package_done():
@@ -282,11 +292,7 @@ def test_rejected_candidate_starts_no_packaging(platform, loop):
         "learning_rate": 1e-9,
     }
     run_deployment(platform, "train/baseline", {"config": config})
-    (rejected,) = [
-        e
-        for e in events_named(platform, "catdog.model.rejected")
-        if e["resource"]["prefect.resource.id"] == f"catdog.model.{LOOP_MODEL}.2"
-    ]
+    (rejected,) = stored_events(platform, "catdog.model.rejected", f"catdog.model.{LOOP_MODEL}.2")
     assert rejected["payload"]["method"] == "mcnemar-exact"
     assert "does not beat" in rejected["payload"]["reason"]
     time.sleep(QUIET_SECONDS)
