@@ -38,6 +38,13 @@ command -v "$BENTOML" >/dev/null 2>&1 || { echo "[containerize] ERROR: bentoml n
 log "bento store: ${BENTOML_HOME:-~/bentoml}"
 "$BENTOML" get "$BENTO_TAG" >/dev/null || { echo "[containerize] ERROR: bento $BENTO_TAG not in the store (run: make package)" >&2; exit 1; }
 
+# `bentoml containerize` copies the bento to a temporary build context and then refuses
+# a dockerfile_template (bento/Dockerfile.j2) outside the working directory: keep
+# that context under the project, and run from the project root.
+export TMPDIR="$REPO_ROOT/build/containerize-tmp"
+mkdir -p "$TMPDIR"
+cd "$REPO_ROOT"
+
 start=$(date +%s)
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     log "Docker daemon reachable: docker backend"
@@ -49,9 +56,10 @@ else
     "$HERE/install_tools.sh"
     "$HERE/build_base_image.sh"
     start=$(date +%s)  # time the bento build alone
-    log "BUILDAH_ISOLATION=chroot $BENTOML containerize $BENTO_TAG --backend buildah --opt network=host -t $IMAGE_TAG"
+    # format=docker: the OCI image format has no HEALTHCHECK, buildah would drop it.
+    log "BUILDAH_ISOLATION=chroot $BENTOML containerize $BENTO_TAG --backend buildah --opt network=host --opt format=docker -t $IMAGE_TAG"
     BUILDAH_ISOLATION=chroot "$BENTOML" containerize "$BENTO_TAG" \
-        --backend buildah --opt network=host -t "$IMAGE_TAG"
+        --backend buildah --opt network=host --opt format=docker -t "$IMAGE_TAG"
     size_bytes="$(podman image inspect --format '{{.Size}}' "$IMAGE_TAG")"
 fi
 
