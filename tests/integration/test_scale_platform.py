@@ -93,7 +93,7 @@ def test_key_path_on_postgresql_through_two_workers(scale_platform):
     packaged = run_deployment(platform, "package/champion", {})
     # As `make serve`: the first rollout, behind the balancer (lenient: a tiny model).
     lenient = {"observe_seconds": 5, "min_requests": 10, "min_accuracy": 0.0, "p95_slack_ms": 2000}
-    run_deployment(platform, "deploy/rollout", {"config": lenient})
+    rolled_out = run_deployment(platform, "deploy/rollout", {"config": lenient})
     url = env["CATDOG_SERVICE_URL"]
     statuses = send_traffic(url, TEST_IMAGES, TRAFFIC, source="user")
     assert statuses == {200: TRAFFIC}
@@ -122,7 +122,7 @@ def test_key_path_on_postgresql_through_two_workers(scale_platform):
         (r["state_type"], r["state"]["message"]) for r in evaluations
     ]
 
-    workers = {worker_of(platform, r) for r in [trained, packaged, *evaluations]}
+    workers = {worker_of(platform, r) for r in [trained, packaged, rolled_out, *evaluations]}
     assert len(workers) == 2, f"flow runs by worker: {workers}"
 
     # The evaluation read the logged window from PostgreSQL and pushed its figures.
@@ -147,6 +147,6 @@ def test_key_path_on_postgresql_through_two_workers(scale_platform):
         (runs,) = connection.execute(
             "SELECT count(*) FROM flow_run WHERE state_type <> 'SCHEDULED'"
         ).fetchone()
-    assert runs == 5
+    assert runs == 6  # train, package, the first rollout, three evaluations
     sqlite = [path for path in platform["run_dir"].rglob("*") if is_sqlite(path)]
     assert not sqlite, f"SQLite databases were created: {sqlite}"
