@@ -147,7 +147,7 @@ class InferenceLog:
         # WAL: readers never block the writers, and writers from several
         # processes queue on the lock instead of failing. The mode is stored
         # in the file, so this runs once per file in practice.
-        connection.execute("PRAGMA journal_mode = WAL")
+        self._use_wal(connection)
         columns = ", ".join(
             [f"{name} {_SQL_TYPES[name]}" for name in RECORD_COLUMNS]
             + [f"{name} REAL" for name in STAT_COLUMNS]
@@ -164,6 +164,21 @@ class InferenceLog:
                 if name not in existing:
                     connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} REAL")
         self._schema_ready = True
+
+    @staticmethod
+    def _use_wal(connection: sqlite3.Connection) -> None:
+        """Switch the file to WAL. Switching takes an exclusive lock that SQLite does not
+        wait for (no busy handler): processes creating the file together (service
+        workers starting at once) retry until one has switched it."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @staticmethod
     def _row(record: dict) -> tuple:
