@@ -37,7 +37,7 @@ class Server:
             start_new_session=True,
         )
 
-    def wait_http(self, url: str, timeout: float = 120, expect=(200,)) -> None:
+    def wait_http(self, url: str, timeout: float = 600, expect=(200,)) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -103,7 +103,7 @@ def served_champion(platform, trained):
         platform["env"],
     )
     try:
-        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=180)
+        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=600)
         yield {"url": f"http://127.0.0.1:{port}", "server": server}
     finally:
         server.stop()

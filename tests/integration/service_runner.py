@@ -90,7 +90,7 @@ def serving(state: Path, target: str = SERVICE, ready: str = "/readyz", **settin
     args = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     server = Server("bentoml", args, state / f"bentoml-{port}.log", server_env)
     try:
-        server.wait_http(f"http://127.0.0.1:{port}{ready}", timeout=180)
+        server.wait_http(f"http://127.0.0.1:{port}{ready}", timeout=600)
         yield SimpleNamespace(url=f"http://127.0.0.1:{port}", server=server, env=server_env)
     finally:
         server.stop()

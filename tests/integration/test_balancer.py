@@ -59,7 +59,7 @@ def lb(tmp_path, monkeypatch):
             tmp_path / f"{port}.log",
             dict(os.environ),
         )
-        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60)
+        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=600)
         replicas[port] = server
     (tmp_path / "run" / "balancer").mkdir(parents=True)
     (tmp_path / "run" / "balancer" / "haproxy.cfg").write_text(balancer.render([]))
