@@ -6,7 +6,8 @@ What `prefect deployment run NAME --watch` does, plus what a make target
 needs on a busy machine: the run's own log lines stream to the terminal, a run
 that no worker picks up within $CATDOG_PICKUP_TIMEOUT seconds is cancelled
 with a message that says why (is a worker online in the pool?), and the wait
-for the result is bounded by $CATDOG_RUN_TIMEOUT. Exit status 0 only for a
+for the result is bounded by $CATDOG_RUN_TIMEOUT; an API call that times out
+or answers 5xx is retried for $CATDOG_API_PATIENCE seconds. Exit status 0 only for a
 Completed run. Talks to the Prefect REST API with httpx: no Prefect import,
 which takes a minute on a slow machine.
 """
@@ -18,6 +19,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 
 import httpx
@@ -42,24 +44,42 @@ def env_seconds(name: str, default: int) -> int:
 
 
 class PrefectAPI:
-    def __init__(self, url: str):
+    """The few REST calls this script makes. A busy server (SQLite locked, a slow machine)
+    can time out or answer 5xx for a while: calls are retried until $CATDOG_API_PATIENCE
+    seconds have passed, then fail with a message that says what to do."""
+
+    def __init__(self, url: str, patience: float):
         self.url = url.rstrip("/")
+        self.patience = patience
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
     def call(self, method: str, path: str, **kwargs):
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+        deadline = time.monotonic() + self.patience
+        pause = 1.0
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+                problem = f"{response.status_code}: {response.text[:300]}"
+                transient = response.status_code >= 500 or response.status_code == 429
+            except httpx.TransportError as exc:
+                response, problem, transient = None, f"{type(exc).__name__}: {exc}", True
+            if not transient or time.monotonic() + pause > deadline:
+                break
+            say(f"{method} {path} -> {problem}; retrying in {pause:.0f} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 15)
+        if response is None:
             raise RunProblem(
-                f"the Prefect API at {self.url} does not answer ({exc}); start it with `make up`"
-            ) from None
+                f"the Prefect API at {self.url} does not answer ({problem}) after "
+                f"{self.patience:.0f} s; start it with `make up`, check `make status`"
+            )
         if response.status_code == 404 and path.startswith("/deployments/name/"):
             raise RunProblem(
                 f"no deployment {path.removeprefix('/deployments/name/')} on {self.url}: "
                 "register the deployments with `make deploy`"
             )
         if response.is_error:
-            raise RunProblem(f"{method} {path} -> {response.status_code}: {response.text[:500]}")
+            raise RunProblem(f"{method} {path} -> {problem}")
         return response.json() if response.content else None
 
     def online_workers(self, pool: str) -> list[str]:
@@ -86,13 +106,20 @@ def print_new_logs(api: PrefectAPI, flow_run_id: str, after: str | None) -> str 
 
 
 def run(name: str, parameters: dict) -> int:
-    api = PrefectAPI(os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api")
+    api = PrefectAPI(
+        os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api",
+        patience=env_seconds("CATDOG_API_PATIENCE", 300),
+    )
     pickup_timeout = env_seconds("CATDOG_PICKUP_TIMEOUT", 300)
     run_timeout = env_seconds("CATDOG_RUN_TIMEOUT", 7200)
     deployment = api.call("GET", f"/deployments/name/{name}")
     pool = deployment.get("work_pool_name")
+    # The key makes a retried create (its first answer lost in a timeout) return the same
+    # run instead of starting a second one.
     flow_run = api.call(
-        "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters}
+        "POST",
+        f"/deployments/{deployment['id']}/create_flow_run",
+        json={"parameters": parameters, "idempotency_key": str(uuid.uuid4())},
     )
     run_id = flow_run["id"]
     say(f"{name}: flow run '{flow_run['name']}' ({run_id}) in work pool {pool!r}")

@@ -57,13 +57,16 @@ def run_deployment(platform, name: str, params: dict, timeout: float = 1800, che
     args += ["--params", json.dumps(params)]
     result = run(args, platform["env"], timeout=timeout, check=check)
     match = re.search(r"flow run '[^']+' \(([0-9a-f-]{36})\)", result.stdout)
-    assert match, f"no flow run id in the output of {' '.join(args)}:\n{result.stdout[-2000:]}"
+    assert match, (
+        f"no flow run id in the output of {' '.join(args)} (exit {result.returncode}):\n"
+        f"stdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-2000:]}"
+    )
     return prefect_api(platform, "GET", f"/flow_runs/{match.group(1)}")
 
 
 def prefect_api(platform, method: str, path: str, **kwargs):
     response = httpx.request(
-        method, platform["env"]["PREFECT_API_URL"] + path, timeout=10, **kwargs
+        method, platform["env"]["PREFECT_API_URL"] + path, timeout=60, **kwargs
     )
     response.raise_for_status()
     return response.json() if response.content else None
