@@ -13,7 +13,7 @@ DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
         package serve rollback serving bench-rollout traffic evaluate urls containerize smoke \
-        bench bench-platform screenshots tools test test-unit test-data test-model test-integration \
+        bench bench-platform bench-replicas screenshots tools test test-unit test-data test-model test-integration \
         lint format clean loop-on loop-off loop-status dvc-remote ingest loop-demo
 
 help:  ## list targets
@@ -117,12 +117,16 @@ bench-rollout: $(VENV_STAMP)  ## 16 clients through the balancer during rollout,
 	scripts/debian_packages.sh haproxy
 	$(ENV) python -m bench.rollout
 
+bench-replicas: $(VENV_STAMP)  ## throughput through the balancer with 1 vs 2 replicas (wrk, side by side)
+	command -v wrk >/dev/null || apt-get install -y -q wrk
+	$(ENV) python -m bench.replicas
+
 bench-platform: $(VENV_STAMP)  ## CPU of each service idle, and training speed with vs without the platform
 	$(ENV) python -m bench.platform_overhead --rounds $${REPEAT:-3}
 
-screenshots: $(VENV_STAMP)  ## README screenshots of the running platform (headless Chromium)
+screenshots: $(VENV_STAMP)  ## README screenshots of the running platform (headless Chromium; LOOP=1: the loop's pages)
 	command -v chromium >/dev/null || apt-get install -y -q chromium
-	$(ENV) python scripts/screenshots.py
+	$(ENV) python scripts/screenshots.py $(if $(LOOP),--loop)
 
 urls:  ## where everything is, and how to stop it
 	@. scripts/env.sh; echo; echo "Platform is up:"; \

@@ -1,6 +1,7 @@
 """Screenshots of the running platform for the README, with headless Chromium.
 
     python scripts/screenshots.py            # writes docs/screenshots/*.png
+    python scripts/screenshots.py --loop     # the loop's pages, after `make loop-demo`
 
 Needs the platform up (`make all`) and Debian's chromium (`apt-get install chromium`).
 """
@@ -58,9 +59,18 @@ def chromium_screenshot(url: str, out: Path, width: int = 1400, height: int = 90
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--loop", action="store_true", help="only the Prefect pages the closed loop shows in"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     prefect = f"http://127.0.0.1:{os.environ.get('PREFECT_PORT', '4200')}"
+    if args.loop:
+        # The event feed (what each flow emitted) and the chain of runs it started.
+        chromium_screenshot(f"{prefect}/events", args.out / "loop-events.png", height=1100)
+        chromium_screenshot(f"{prefect}/runs", args.out / "loop-runs.png", height=1100)
+        chromium_screenshot(f"{prefect}/automations", args.out / "loop-automations.png")
+        return
     mlflow_url = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     service = f"http://127.0.0.1:{os.environ.get('BENTO_PORT', '3000')}"
 
