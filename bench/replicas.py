@@ -36,10 +36,21 @@ def set_weights(replicas: list[balancer.Replica], weight: int) -> None:
         balancer.checked(f"set server {balancer.BACKEND}/{replica.name} weight {weight}")
 
 
-def measure(url: str, photos: list[Path], clients: int, duration: float, work: Path) -> dict:
+def requests_served(replicas: list[balancer.Replica]) -> list[int]:
+    """HAProxy's count of requests each replica has answered so far."""
+    stats = balancer.server_stats()
+    return [int(stats[r.name]["hrsp_2xx"] or 0) for r in replicas]
+
+
+def measure(
+    url: str, photos: list[Path], clients: int, duration: float, work: Path, replicas: list
+) -> dict:
     time.sleep(2)  # connections HAProxy holds to a server that lost its weight wind down
+    before = requests_served(replicas)
     figures = run_wrk(url, photos, clients, duration, work)
     figures["images_per_second"] = (figures["requests"] - figures["errors"]) / figures["seconds"]
+    # Which replicas answered: shows the weights did what the phase says.
+    figures["per_replica"] = [b - a for a, b in zip(before, requests_served(replicas), strict=True)]
     return figures
 
 
@@ -81,12 +92,14 @@ def main(argv: list[str] | None = None) -> int:
                 for count in (1, 2):
                     set_weights([first], balancer.FULL_WEIGHT)
                     set_weights([second], balancer.FULL_WEIGHT if count == 2 else 0)
-                    results[count] = measure(url, photos, args.clients, args.duration, Path(work))
+                    figures = results[count] = measure(
+                        url, photos, args.clients, args.duration, Path(work), [first, second]
+                    )
                     print(
                         f"round {round_number}, {count} replica(s): "
-                        f"{results[count]['images_per_second']:.1f} img/s, "
-                        f"p50 {results[count]['p50_ms']:.0f} ms, p99 {results[count]['p99_ms']:.0f}"
-                        f" ms, {results[count]['errors']} errors",
+                        f"{figures['images_per_second']:.1f} img/s, p50 {figures['p50_ms']:.0f} ms,"
+                        f" p99 {figures['p99_ms']:.0f} ms, {figures['errors']} errors, "
+                        f"answered per replica {figures['per_replica']}",
                         flush=True,
                     )
                 rows.append(results)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import httpx
 
+from model_lib.inference_log import BENCHMARK_SOURCE
 from model_lib.metrics import latency_percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ class Load:
 
     url: str
     connections: int = 16
-    source: str = "bench-rollout"  # X-Catdog-Source: marks this traffic in the inference log
+    source: str = BENCHMARK_SOURCE  # X-Catdog-Source: not user traffic, not in the drift window
     records: list[Record] = field(default_factory=list)
 
     def __post_init__(self):

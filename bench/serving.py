@@ -52,11 +52,12 @@ import httpx
 from bench.servers import BIN, ROOT, Server, free_port
 from model_lib.client import Answer, classify, classify_all, metric_samples, metric_total
 from model_lib.config import MODEL_NAME
+from model_lib.inference_log import BENCHMARK_SOURCE
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import prepare
 
 BOUNDARY = "catdogbench0f9a8b7c6d5e4f3a"
-SOURCE = "benchmark"  # X-Catdog-Source of the benchmark's requests
+SOURCE = BENCHMARK_SOURCE  # X-Catdog-Source: not user traffic, not in the drift window
 GOALS = {"service_over_ceiling": 0.60, "service_over_naive": 5.0, "p50_1_client_ms": 15.0}
 
 

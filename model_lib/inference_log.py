@@ -41,7 +41,12 @@ from model_lib.image_stats import STAT_COLUMNS, image_statistics
 ENV_PATH = "CATDOG_INFERENCE_LOG"
 DEFAULT_PATH = Path(".run") / "inference_log.sqlite"
 TABLE = "inferences"
-EVALUATION_SOURCE = "evaluation"  # the evaluation flow's own requests: not user traffic
+EVALUATION_SOURCE = "evaluation"  # test_images/ scored by the evaluate and deploy flows
+BENCHMARK_SOURCE = "benchmark"  # bench/: load tests through the service or the balancer
+# The platform's own requests (X-Catdog-Source): left out of the drift window, which
+# is about users. Benchmark traffic replays test_images/ thousands of times; counted,
+# it raised a drift alarm (and so a retraining) on its own.
+PLATFORM_SOURCES = (EVALUATION_SOURCE, BENCHMARK_SOURCE)
 # Columns every record carries besides the image statistics.
 RECORD_COLUMNS = (
     "timestamp",  # unix seconds, UTC
@@ -223,12 +228,12 @@ class InferenceLog:
                 self._writer.close()
                 self._writer = None
 
-    def query(self, since: datetime | None = None, exclude_sources=(EVALUATION_SOURCE,)) -> list:
+    def query(self, since: datetime | None = None, exclude_sources=PLATFORM_SOURCES) -> list:
         """Rows of `COLUMNS` (oldest first), timestamps in unix seconds.
 
         `since` (timezone-aware) keeps records at or after it; sources in
-        `exclude_sources` are left out (the evaluation flow's own traffic by
-        default; pass () for everything). A log that does not exist yet has no
+        `exclude_sources` are left out (the platform's own traffic by default,
+        PLATFORM_SOURCES; pass () for everything). A log that does not exist yet has no
         rows, and is not created.
         """
         where, params = window_filter(since, exclude_sources, "?")
@@ -473,7 +478,7 @@ class PostgresInferenceLog(InferenceLog):
         with self._lock:
             self._close_writer()
 
-    def query(self, since=None, exclude_sources=("evaluation",)) -> list[tuple]:
+    def query(self, since=None, exclude_sources=PLATFORM_SOURCES) -> list[tuple]:
         """Rows of `COLUMNS` (oldest first), timestamps in unix seconds; see `read`."""
         where, params = window_filter(since, exclude_sources, "%s")
         with self._connect() as connection:

@@ -15,7 +15,7 @@ from evidently.presets import DataDriftPreset
 from model_lib.client import classify_all
 from model_lib.data import discover_images
 from model_lib.image_stats import STAT_COLUMNS
-from model_lib.inference_log import COLUMNS, EVALUATION_SOURCE, InferenceLog
+from model_lib.inference_log import COLUMNS, EVALUATION_SOURCE, PLATFORM_SOURCES, InferenceLog
 from model_lib.metrics import classification_report, flat_metrics, latency_percentiles
 
 
@@ -131,7 +131,7 @@ def drift_report(
 
 
 def inference_frame(
-    log: InferenceLog, since: datetime | None = None, exclude_sources=(EVALUATION_SOURCE,)
+    log: InferenceLog, since: datetime | None = None, exclude_sources=PLATFORM_SOURCES
 ) -> pd.DataFrame:
     """`InferenceLog.query` as a DataFrame with a UTC `timestamp` column."""
     frame = pd.DataFrame(log.query(since, exclude_sources), columns=list(COLUMNS))

@@ -86,18 +86,24 @@ def test_window_and_excluded_sources(tmp_path):
             record("old", timestamp=now - timedelta(hours=3)),
             record("recent", timestamp=now - timedelta(minutes=5)),
             record("eval", source="evaluation", timestamp=now - timedelta(minutes=5)),
+            record("bench", source="benchmark", timestamp=now - timedelta(minutes=4)),
             record("traffic", source="traffic-generator", timestamp=now),
         ]
     )
+    # The platform's own requests (evaluation, benchmarks) are not users' traffic.
     assert ids(log) == ["old", "recent", "traffic"]
     since = now - timedelta(hours=1)
     assert ids(log, since=since) == ["recent", "traffic"]
     assert ids(log, since=since, exclude_sources=()) == [
         "recent",
         "eval",
+        "bench",
         "traffic",
     ]
-    assert ids(log, since=since, exclude_sources=("evaluation", "traffic-generator")) == ["recent"]
+    assert ids(log, since=since, exclude_sources=("evaluation", "traffic-generator")) == [
+        "recent",
+        "bench",
+    ]
 
 
 def test_bad_records_and_naive_datetimes_are_refused(tmp_path):
