@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model_lib.monitoring import apply_shift
+from model_lib.traffic import apply_shift
 
 BATCH_PER_CLASS = 20
 

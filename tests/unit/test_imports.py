@@ -69,3 +69,38 @@ def test_the_service_imports_neither_torch_nor_pandas_and_the_bento_holds_its_mo
     assert missing == [], f"bentofile.yaml's include misses {missing}"
     packed = [f for f in MODEL_LIB if f"model_lib/{f}.py" in include]
     assert set(packed) <= TORCH_FREE
+
+
+def top_level_names(path) -> set[str]:
+    """What `from <module> import name` can take from this file: its top-level
+    definitions, assignments and imports."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def test_every_name_imported_from_model_lib_exists():
+    """Scripts (loop demo, screenshots, traffic) have no test that imports them: a name
+    moved between model_lib modules would break them only when a user runs them."""
+    defined = {name: top_level_names(ROOT / "model_lib" / f"{name}.py") for name in MODEL_LIB}
+    missing = []
+    for folder in ("scripts", "flows", "bench", "bento", "model_lib", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                module = getattr(node, "module", None) or ""
+                if not (isinstance(node, ast.ImportFrom) and module.startswith("model_lib.")):
+                    continue
+                source = module.split(".")[1]
+                missing += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {alias.name} from {module}"
+                    for alias in node.names
+                    if alias.name not in defined.get(source, set())
+                ]
+    assert missing == []
