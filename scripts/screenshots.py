@@ -66,8 +66,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     prefect = f"http://127.0.0.1:{os.environ.get('PREFECT_PORT', '4200')}"
     if args.loop:
-        # The event feed (what each flow emitted) and the chain of runs it started.
-        chromium_screenshot(f"{prefect}/events", args.out / "loop-events.png", height=1100)
+        # The event feed filtered to the project's events (a trailing * is a prefix in
+        # the UI's `events` query), and the chain of runs they started.
+        events = f"{prefect}/events?events=catdog.*"
+        chromium_screenshot(events, args.out / "loop-events.png", height=1100)
         chromium_screenshot(f"{prefect}/runs", args.out / "loop-runs.png", height=1100)
         chromium_screenshot(f"{prefect}/automations", args.out / "loop-automations.png")
         return
