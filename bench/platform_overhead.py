@@ -126,13 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
+    skip = parser.add_mutually_exclusive_group()
+    skip.add_argument(
         "--idle-only", action="store_true", help="skip the training runs (a busy machine)"
     )
+    skip.add_argument("--training-only", action="store_true", help="skip the idle rounds")
     args = parser.parse_args(argv)
 
     idle = {"project": {}, "upstream": {}}
-    for round_number in range(1, args.rounds + 1):
+    for round_number in range(1, 0 if args.training_only else args.rounds + 1):
         for settings in ("upstream", "project"):
             pids = restart(settings)
             print(
@@ -174,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if during:
         columns.append(("while training", during))
-    names = list(idle["project"])
+    if args.training_only:
+        columns = columns[2:]
+    names = list(during or idle["project"])
     print(f"\nPlatform CPU, % of one core, medians of {args.rounds} rounds:")
     body = [(name, *(median(column[name]) for _, column in columns)) for name in names]
     total = [f"{sum(statistics.median(v) for v in column.values()):.1f}" for _, column in columns]
