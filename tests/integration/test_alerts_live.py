@@ -124,7 +124,10 @@ def test_error_ratio_replica_down_and_accuracy_alerts_fire(monitoring, replicas)
         time.sleep(1)
     (ratio,) = wait_for_alert(prometheus, "CatdogHighErrorRatio")
     assert ratio["labels"]["severity"] == "page"
-    assert float(ratio["value"]) == pytest.approx(0.5, abs=0.01)
+    # Half of the requests failed. The value is read when the alert first fires, which
+    # on a busy machine can be between a request and the next scrape (and rate() does
+    # not count a new series' first increment): about a half, not exactly.
+    assert 0.3 <= float(ratio["value"]) <= 0.7
 
     victim.kill()
     victim.wait()

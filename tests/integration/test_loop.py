@@ -112,18 +112,16 @@ def test_ingest_adds_only_good_new_files_as_a_new_data_version(
     assert added == expected  # not the corrupt file, not the copy
     assert after != before and after.endswith(".dir")
     assert "in sync" in dvc("status", "--cloud", "--remote", "store", cwd=small_repo)
-    (event,) = [
-        e
-        for e in events_named(platform, "catdog.data.new-version")
-        if e["payload"]["data_version"] == after
-    ]
-    assert event["resource"]["prefect.resource.id"] == f"catdog.data.{after}"
+    (event,) = stored_events(platform, "catdog.data.new-version", f"catdog.data.{after}")
+    assert event["payload"]["data_version"] == after
     assert event["payload"]["files_added"] == 3
     assert [r["file"].rsplit("/", 1)[-1] for r in event["payload"]["rejected"]] == ["corrupt.jpg"]
 
     # The same batch again: every file is now a duplicate; nothing changes.
-    run_deployment(platform, "ingest/labelled", params)
+    again = run_deployment(platform, "ingest/labelled", params)
     assert dvc_data_version(small_repo / "data.dvc") == after
+    # Once the run's own Completed event is stored, anything it emitted would be too.
+    stored_events(platform, "prefect.flow-run.Completed", f"prefect.flow-run.{again['id']}")
     assert {p.relative_to(data_root) for p in data_root.rglob("*.jpg")} == files_before | added
     assert (
         len(
