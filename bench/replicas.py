@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.servers import ROOT
 from bench.serving import run_wrk
 from scripts import balancer, services
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def set_weights(replicas: list[balancer.Replica], weight: int) -> None:
