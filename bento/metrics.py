@@ -9,11 +9,22 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-PREDICTIONS = Counter("catdog_predictions_total", "Classified images by predicted label", ["label"])
+PREDICTIONS = Counter(
+    "catdog_predictions_total",
+    "Classified images by answered label: cat, dog or neither",
+    ["label"],
+)
+# With three outputs an answer's probability can be below 0.5 (a `neither` under a
+# high threshold), hence the low buckets.
 CONFIDENCE = Histogram(
     "catdog_confidence",
-    "Probability of the predicted label",
-    buckets=(0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+    "Calibrated probability of the answered label",
+    buckets=(0.34, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+PET_SCORE = Histogram(
+    "catdog_pet_score",
+    "Calibrated probability that the photo shows a pet (cat + dog); below the threshold: neither",
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0),
 )
 REJECTED = Counter(
     "catdog_rejected_requests_total", "Requests answered with an error, by reason", ["reason"]

@@ -1,9 +1,12 @@
-"""BentoML service: POST /classify -> cat or dog, with ONNX Runtime on the CPU (no torch).
+"""BentoML service: POST /classify -> cat, dog or neither, with ONNX Runtime on the CPU (no torch).
 
 `bentoml serve` (bentofile.yaml names `bento.service:CatDogClassifier`) loads
 the model from the BentoML model store, where the `package` flow puts it; a
 built bento serves the version it was built with. Preprocessing is
-`model_lib.preprocess` with the parameters stored inside the ONNX file.
+`model_lib.preprocess` with the parameters stored inside the ONNX file; the
+answer is the model's own decision rule (temperature and `neither` threshold,
+`model_lib.decision`), also stored in the file; CATDOG_NEITHER_THRESHOLD
+overrides the threshold.
 
 /classify is a FastAPI route mounted on the service (`bentoml.asgi_app`)
 rather than a `@bentoml.api`: it reads the raw request, so every bad upload
@@ -29,6 +32,7 @@ from PIL import Image
 
 from bento import metrics
 from bento.admission import InFlight
+from bento.answers import answer, served_rule
 from bento.batching import MicroBatcher, Overloaded
 from bento.errors import RequestError, as_request_error, error_response, overloaded
 from bento.logs import configure, log_json, log_once, log_request, service_log
@@ -54,14 +58,14 @@ api = FastAPI(title="catdog-classifier", docs_url=None, redoc_url=None, openapi_
 )
 @bentoml.asgi_app(api, path="/")
 class CatDogClassifier:
-    """Cat or dog? Upload a photo to POST /classify (multipart field `image`)."""
+    """Cat, dog or neither? Upload a photo to POST /classify (multipart field `image`)."""
 
     model_ref = LocalBentoModel(SETTINGS.model_tag)
 
     def __init__(self) -> None:
         configure()
         self.ready, self.unavailable = False, "the model is loading"
-        self.classifier = self.batcher = self.recorder = None
+        self.classifier = self.batcher = self.recorder = self.decision = None
         self.in_flight = InFlight(SETTINGS.max_in_flight, SETTINGS.max_in_flight_bytes)
         self.decode_pool = ThreadPoolExecutor(SETTINGS.decode_threads, thread_name_prefix="decode")
         api.state.service = self
@@ -78,9 +82,14 @@ class CatDogClassifier:
             self.unavailable = str(exc)
             return log_once("model_missing", self.unavailable)
         self.classifier = OnnxClassifier(stored.path_of("model.onnx"), SETTINGS.ort_threads)
-        names = self.classifier.class_names
+        names = self.classifier.preprocessing.class_names  # what packaging wrote in the store
         if tuple(stored.info.metadata.get("class_names", names)) != names:
             raise ValueError(f"the store's class names are not the ONNX file's {names}")
+        self.decision, warning = served_rule(self.classifier.decision, SETTINGS.neither_threshold)
+        if warning:
+            log_once("threshold_ignored", warning)
+        for label in self.decision.outputs:  # every label's series exists from the start, at 0
+            metrics.PREDICTIONS.labels(label)
         self.model_tag, self.model_info = str(stored.tag), model_info(stored)
         self.batcher = MicroBatcher(
             self.classifier.predict_proba,
@@ -96,7 +105,15 @@ class CatDogClassifier:
                 on_drop=metrics.LOG_DROPPED.inc,
                 on_error=lambda _exc: metrics.LOG_ERRORS.inc(),
             )
-        log_json(service_log, logging.INFO, event="model_loaded", model=self.model_tag)
+        log_json(
+            service_log,
+            logging.INFO,
+            event="model_loaded",
+            model=self.model_tag,
+            outputs=list(self.decision.outputs),
+            temperature=self.decision.temperature,
+            neither_threshold=self.decision.threshold,
+        )
 
     @bentoml.on_startup
     async def warm_up(self) -> None:
@@ -109,8 +126,14 @@ class CatDogClassifier:
         Image.fromarray(gradient).save(buffer, "JPEG")
         try:
             _, probs = await self.predict(buffer.getvalue())
-            if probs.shape != (len(self.classifier.class_names),) or abs(probs.sum() - 1) > 1e-4:
-                raise ValueError(f"warm-up returned {probs!r}")
+            outputs = self.decision.outputs
+            if probs.shape != (len(outputs),) or not np.isfinite(probs).all():
+                raise ValueError(f"warm-up returned {probs!r} for the outputs {outputs}")
+            if abs(probs.sum() - 1) > 1e-4:
+                raise ValueError(f"warm-up probabilities {probs!r} do not add up to 1")
+            body = answer(self.decision, probs)
+            if body["label"] not in outputs or not 0 <= body["pet_score"] <= 1 + 1e-6:
+                raise ValueError(f"warm-up answered {body!r}")
         except Exception as exc:  # noqa: BLE001 - logged once; the service runs unready (503)
             self.unavailable = f"model {self.model_tag} failed its warm-up call: {exc}"
             return log_once("model_unavailable", self.unavailable)
@@ -164,13 +187,15 @@ class CatDogClassifier:
             if error.status in (413, 503) and headers.get("expect", "").lower() != "100-continue":
                 await body.drain(4 * body_limit(SETTINGS.max_upload_bytes))  # a sender reads it
             return error_response(error, request_id, started)
-        return self.answer(probs, image, len(payload), source, request_id, started)
+        return self.respond(probs, image, len(payload), source, request_id, started)
 
-    def answer(self, probs, image, size: int, source: str, request_id: str, started: float):
-        names = self.classifier.class_names
-        label, confidence = names[int(np.argmax(probs))], float(np.max(probs))
+    def respond(self, probs, image, size: int, source: str, request_id: str, started: float):
+        # The batcher returns calibrated probabilities over the outputs; the rule decides.
+        body = answer(self.decision, probs)
+        label, confidence = body["label"], body["confidence"]
         metrics.PREDICTIONS.labels(label).inc()
         metrics.CONFIDENCE.observe(confidence)
+        metrics.PET_SCORE.observe(body["pet_score"])
         if self.recorder is not None:
             model = {
                 "model_name": self.model_info["name"],
@@ -179,13 +204,17 @@ class CatDogClassifier:
             record = dict(request_id=request_id, source=source, label=label, confidence=confidence)
             self.recorder.submit(image, size, {**record, **model, "timestamp": time.time()})
         log_request(
-            request_id, 200, started, source=source, label=label, confidence=round(confidence, 4)
+            request_id,
+            200,
+            started,
+            source=source,
+            label=label,
+            confidence=round(confidence, 4),
+            pet_score=round(body["pet_score"], 4),
         )
         return JSONResponse(
             {
-                "label": label,
-                "confidence": confidence,
-                "probabilities": {n: float(p) for n, p in zip(names, probs, strict=True)},
+                **body,
                 "model": self.model_info,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             },

@@ -20,8 +20,9 @@ def available_cpus() -> int:
 
 @dataclass(frozen=True)
 class Settings:
-    """Each field `name` is set by $CATDOG_<NAME>; every number must be >= 1
-    except `inference_log_queue`, where 0 turns the inference log off."""
+    """Each field `name` is set by $CATDOG_<NAME>; every integer must be >= 1
+    except `inference_log_queue`, where 0 turns the inference log off;
+    `neither_threshold` is a probability (0..1)."""
 
     model_tag: str = f"{MODEL_NAME}:latest"
     max_upload_bytes: int = 10 * MiB
@@ -42,6 +43,9 @@ class Settings:
     max_in_flight: int = 256
     max_in_flight_bytes: int = 64 * MiB
     inference_log_queue: int = 1024
+    # The lowest pet score answered with a pet (0..1); unset (empty) keeps the
+    # threshold stored with the model (chosen on validation, model_lib.decision).
+    neither_threshold: float | None = None
 
     @classmethod
     def from_env(cls, environ=os.environ) -> Settings:
@@ -54,6 +58,9 @@ class Settings:
             if setting.type == "str":
                 values[setting.name] = raw
                 continue
+            if setting.type == "float | None":
+                values[setting.name] = _probability(name, raw)
+                continue
             try:
                 value = int(raw)
             except ValueError:
@@ -63,3 +70,13 @@ class Settings:
                 raise ValueError(f"{name} must be >= {minimum}, got {raw!r}")
             values[setting.name] = value
         return cls(**values)
+
+
+def _probability(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number between 0 and 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise ValueError(f"{name} must be between 0 and 1, got {raw!r}")
+    return value

@@ -27,12 +27,22 @@ def test_every_field_is_read_from_its_variable():
         ("CATDOG_WORKERS", "0", ">= 1"),
         ("CATDOG_MAX_UPLOAD_BYTES", "ten", "an integer"),
         ("CATDOG_INFERENCE_LOG_QUEUE", "-1", ">= 0"),
+        ("CATDOG_NEITHER_THRESHOLD", "high", "between 0 and 1"),
+        ("CATDOG_NEITHER_THRESHOLD", "1.5", "between 0 and 1"),
+        ("CATDOG_NEITHER_THRESHOLD", "nan", "between 0 and 1"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(name, raw, message):
     with pytest.raises(ValueError, match=message) as caught:
         Settings.from_env({name: raw})
     assert name in str(caught.value)
+
+
+def test_neither_threshold_is_unset_by_default_and_read_as_a_probability():
+    assert Settings.from_env({}).neither_threshold is None  # the model's own threshold
+    assert Settings.from_env({"CATDOG_NEITHER_THRESHOLD": ""}).neither_threshold is None
+    assert Settings.from_env({"CATDOG_NEITHER_THRESHOLD": "0.35"}).neither_threshold == 0.35
+    assert Settings.from_env({"CATDOG_NEITHER_THRESHOLD": "0"}).neither_threshold == 0.0
 
 
 def test_settings_are_frozen():
