@@ -3,6 +3,12 @@
 Scheduled by deployment `evaluate/scheduled` (prefect.yaml). Ends Failed, with
 the cause in the state message, when accuracy is below threshold, drift is
 detected, the service is down, or the window holds too few requests to judge.
+
+The window's requests are split by answer first: the share answered `neither`
+is reported on its own, and drift is judged on those answered cat or dog. Above
+`max_neither_share` (CATDOG_MAX_NEITHER_SHARE, default 0.2) the flow warns
+(event catdog.traffic.non-pet-share, state message): people uploading other
+things is not a reason to retrain, so no alarm event is raised for it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.states import Completed
 
 from flows import events
 from model_lib import monitoring
@@ -79,9 +86,13 @@ def evaluate(
     inference_log: str | None = None,
     model_name: str = MODEL_NAME,
     concurrency: int = 8,
-) -> dict:
-    """Score `test_images/` through the service; compare recent traffic with the training data."""
+    max_neither_share: float | None = None,
+):
+    """Score `test_images/` through the service; compare recent traffic with the training
+    data. `max_neither_share` None: $CATDOG_MAX_NEITHER_SHARE, else 0.2."""
     logger = get_run_logger()
+    if max_neither_share is None:
+        max_neither_share = monitoring.max_neither_share()
     ensure_tracking_server()
     inference_log = inference_log or str(InferenceLog().path)  # $CATDOG_INFERENCE_LOG
     check_service(service_url)
@@ -102,34 +113,67 @@ def evaluate(
 
     # The report is logged to MLflow and Prefect; the local file is not kept.
     with tempfile.TemporaryDirectory(prefix="catdog-drift-") as tmp:
-        current = recent_inferences(inference_log, window_minutes)
+        traffic = monitoring.split_traffic(recent_inferences(inference_log, window_minutes))
+        warning = traffic.warning(max_neither_share, min_requests)
+        logger.info(
+            "%d requests in the last %d min, %d answered neither (%.1f%%)",
+            traffic.total,
+            window_minutes,
+            traffic.neither,
+            100 * traffic.neither_share,
+        )
         drift, html_path = None, None
-        if len(current) < min_requests:
+        if len(traffic.pets) < min_requests:
             problems.append(
-                f"not enough data to judge drift: {len(current)} requests in the last "
-                f"{window_minutes} min (need {min_requests})"
+                f"not enough data to judge drift: {len(traffic.pets)} requests answered cat "
+                f"or dog in the last {window_minutes} min (need {min_requests}; "
+                f"{traffic.neither} more answered neither)"
             )
         else:
             reference = reference_for(result.model_versions, model_name)
             html_path = Path(tmp) / "drift_report.html"
-            drift = compare_with_reference(reference, current, html_path, drift_share)
+            drift = compare_with_reference(reference, traffic.pets, html_path, drift_share)
             if drift.detected:
                 problems.append(
                     f"data drift: {len(drift.drifted_columns)} of {len(drift.p_values)} image "
                     f"statistics drifted ({', '.join(drift.drifted_columns)})"
                 )
+        if warning:
+            logger.warning(warning)
 
-        run_id = log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems)
-        publish_artifacts(result, drift, run_id, problems)
-        push_figures(result, drift, min_accuracy, len(current))
+        run_id = log_to_mlflow(
+            result, drift, traffic, html_path, service_url, window_minutes, problems, warning
+        )
+        publish_artifacts(result, drift, traffic, run_id, problems, warning)
+        push_figures(result, drift, traffic, min_accuracy, max_neither_share)
     emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, problems)
+    if warning:
+        emit_non_pet_warning(traffic, max_neither_share, model_name, result, run_id)
     if problems:
-        raise EvaluationFailed("; ".join(problems))
-    return {
+        raise EvaluationFailed("; ".join(problems + ([f"warning: {warning}"] if warning else [])))
+    outcome = {
         "accuracy": result.report["accuracy"],
         "mlflow_run_id": run_id,
         "drift_detected": bool(drift and drift.detected),
+        "neither_share": traffic.neither_share,
     }
+    # A warning is not a failure: the run completes, with the warning as its message.
+    return Completed(message=f"warning: {warning}", data=outcome) if warning else outcome
+
+
+def emit_non_pet_warning(traffic, max_share, model_name, result, run_id) -> None:
+    """Its own event, which no automation retrains on (prefect.yaml): a person looks."""
+    version = ",".join(result.model_versions) or "unknown"
+    payload = {
+        "model_name": model_name,
+        "version": version,
+        "neither_share": traffic.neither_share,
+        "max_neither_share": max_share,
+        "neither_requests": traffic.neither,
+        "window_requests": traffic.total,
+        "mlflow_run_id": run_id,
+    }
+    events.emit(events.NON_PET_SHARE, events.model_resource(model_name, version), payload)
 
 
 def emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, problems) -> None:
@@ -158,7 +202,9 @@ def emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, prob
         events.emit(events.EVALUATION_OK, resource, payload)
 
 
-def log_to_mlflow(result, drift, html_path, service_url, window_minutes, problems) -> str:
+def log_to_mlflow(
+    result, drift, traffic, html_path, service_url, window_minutes, problems, warning
+) -> str:
     mlflow.set_experiment(MONITORING_EXPERIMENT)
     with mlflow.start_run(run_name=f"evaluate {datetime.now(UTC):%Y-%m-%d %H:%M}") as run:
         mlflow.log_params(
@@ -169,6 +215,13 @@ def log_to_mlflow(result, drift, html_path, service_url, window_minutes, problem
             }
         )
         mlflow.log_metrics(result.metrics())
+        mlflow.log_metrics(
+            {
+                "window_requests": traffic.total,
+                "neither_requests": traffic.neither,
+                "neither_share": traffic.neither_share,
+            }
+        )
         mlflow.log_dict(result.report, "evaluation_report.json")
         if drift is not None:
             mlflow.log_metrics(
@@ -181,10 +234,12 @@ def log_to_mlflow(result, drift, html_path, service_url, window_minutes, problem
             mlflow.log_metrics({f"drift_p_{c}": p for c, p in drift.p_values.items()})
             mlflow.log_artifact(str(html_path))
         mlflow.set_tag("status", "failed: " + "; ".join(problems) if problems else "ok")
+        if warning:
+            mlflow.set_tag("warning", warning)
     return run.info.run_id
 
 
-def push_figures(result, drift, min_accuracy: float, window_requests: int) -> None:
+def push_figures(result, drift, traffic, min_accuracy: float, max_neither_share: float) -> None:
     """To the Pushgateway when CATDOG_PUSHGATEWAY_URL is set (PROFILE=scale)."""
     url = pushgateway_url()
     if url is None:
@@ -196,7 +251,9 @@ def push_figures(result, drift, min_accuracy: float, window_requests: int) -> No
             min_accuracy=min_accuracy,
             errors=result.errors,
             requests=result.requests,
-            window_requests=window_requests,
+            window_requests=traffic.total,
+            neither_share=traffic.neither_share,
+            max_neither_share=max_neither_share,
             drift_share=drift.share if drift is not None else None,
             drift_detected=drift.detected if drift is not None else None,
         )
@@ -206,17 +263,22 @@ def push_figures(result, drift, min_accuracy: float, window_requests: int) -> No
         get_run_logger().warning("could not push the figures to %s: %s", url, exc)
 
 
-def publish_artifacts(result, drift, run_id: str, problems: list[str]) -> None:
+def publish_artifacts(result, drift, traffic, run_id: str, problems: list[str], warning) -> None:
+    verdict = "FAILED" if problems else "OK, with a warning" if warning else "OK"
     lines = [
-        f"# Post-deploy evaluation: {'FAILED' if problems else 'OK'}",
+        f"# Post-deploy evaluation: {verdict}",
         "",
         *(f"- {p}" for p in problems),
+        *([f"- warning: {warning}"] if warning else []),
         "",
         "| metric | value |",
         "|---|---|",
         f"| accuracy ({result.requests} test images) | {result.report['accuracy']:.4f} |",
         f"| macro F1 | {result.report['macro_f1']:.4f} |",
+        f"| test images answered neither | {result.answered_neither} |",
         f"| errors | {result.errors} |",
+        f"| user requests in the window | {traffic.total} |",
+        f"| answered neither (non-pet share) | {traffic.neither} ({traffic.neither_share:.1%}) |",
         *(f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in result.latency.items()),
         f"| model versions | {', '.join(result.model_versions)} |",
         "",
@@ -225,7 +287,8 @@ def publish_artifacts(result, drift, run_id: str, problems: list[str]) -> None:
         lines += [
             f"## Drift: {'detected' if drift.detected else 'none'} "
             f"({drift.share:.0%} of columns drifted, threshold {drift.drift_share:.0%}; "
-            f"{drift.current_rows} requests vs {drift.reference_rows} training images)",
+            f"{drift.current_rows} requests answered cat or dog vs {drift.reference_rows} "
+            "training images)",
             "",
             "| statistic | KS p-value | drifted |",
             "|---|---|---|",

@@ -19,6 +19,9 @@ from prefect.events import emit_event
 DRIFT_DETECTED = "catdog.evaluation.drift-detected"
 ACCURACY_LOW = "catdog.evaluation.accuracy-low"
 EVALUATION_OK = "catdog.evaluation.ok"
+# Many requests answered `neither`: people upload other things. A warning for a
+# person; deliberately not an alarm that retrains (no trigger expects it).
+NON_PET_SHARE = "catdog.traffic.non-pet-share"
 CANDIDATE_REGISTERED = "catdog.model.candidate-registered"
 PROMOTED = "catdog.model.promoted"
 REJECTED = "catdog.model.rejected"

@@ -1,8 +1,15 @@
 """Post-deploy evaluation: score a labelled folder through the live service, and
-compare recent inference statistics with the training reference (Evidently)."""
+compare recent inference statistics with the training reference (Evidently).
+
+Traffic is split by answer first (`split_traffic`): the share answered `neither`
+is its own figure (people upload other things: a warning, not a reason to
+retrain), and drift is judged on the requests answered cat or dog only, so a
+wave of non-pet uploads does not look like pet photos that changed.
+"""
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +21,7 @@ from evidently.presets import DataDriftPreset
 
 from model_lib.client import classify_all
 from model_lib.data import discover_images
+from model_lib.decision import NEITHER
 from model_lib.image_stats import STAT_COLUMNS
 from model_lib.inference_log import COLUMNS, EVALUATION_SOURCE, PLATFORM_SOURCES, InferenceLog
 from model_lib.metrics import classification_report, flat_metrics, latency_percentiles
@@ -58,17 +66,29 @@ class EvaluationResult:
     errors: int
     requests: int
     model_versions: list[str] = field(default_factory=list)
+    answered_neither: int = 0  # labelled pet photos the service answered `neither`
 
     def metrics(self) -> dict[str, float]:
-        counts = {"errors": float(self.errors), "requests": float(self.requests)}
+        counts = {
+            "errors": float(self.errors),
+            "requests": float(self.requests),
+            "answered_neither": float(self.answered_neither),
+        }
         return {**flat_metrics(self.report), **counts, **self.latency}
 
 
 def evaluate_outcomes(outcomes: list[Outcome], class_names) -> EvaluationResult:
+    """Accuracy and per-class figures of labelled pet photos sent through the service.
+
+    A pet photo answered `neither` is a wrong answer (it counts against the recall of
+    its class, and in accuracy); any label outside `class_names` is treated the same."""
     answered = [o for o in outcomes if o.status == 200]
     index = {name: i for i, name in enumerate(class_names)}
+    other = len(class_names)  # outside the report's labels: wrong for every true class
     report = classification_report(
-        [index[o.true_label] for o in answered], [index[o.predicted] for o in answered], class_names
+        [index[o.true_label] for o in answered],
+        [index.get(o.predicted, other) for o in answered],
+        class_names,
     )
     # Accuracy is over everything sent: a failed request is not a correct answer.
     correct = sum(o.predicted == o.true_label for o in answered)
@@ -79,7 +99,61 @@ def evaluate_outcomes(outcomes: list[Outcome], class_names) -> EvaluationResult:
         errors=len(outcomes) - len(answered),
         requests=len(outcomes),
         model_versions=sorted({o.model_version for o in answered if o.model_version}),
+        answered_neither=sum(o.predicted == NEITHER for o in answered),
     )
+
+
+# Above this share of `neither` answers in the window, the evaluation warns
+# (event catdog.traffic.non-pet-share, Prometheus alert CatdogNonPetShareHigh).
+# A model that meets its target answers `neither` for <= 0.5 % of pet photos, so
+# a fifth of the traffic is people uploading other things, not noise.
+NEITHER_SHARE_ENV = "CATDOG_MAX_NEITHER_SHARE"
+DEFAULT_MAX_NEITHER_SHARE = 0.2
+
+
+def max_neither_share(environ=os.environ) -> float:
+    """$CATDOG_MAX_NEITHER_SHARE (0..1; empty: 0.2)."""
+    raw = environ.get(NEITHER_SHARE_ENV, "")
+    if raw == "":
+        return DEFAULT_MAX_NEITHER_SHARE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{NEITHER_SHARE_ENV} must be a number between 0 and 1, got {raw!r}")
+    return value
+
+
+@dataclass
+class TrafficSplit:
+    """The window's user requests split by answer."""
+
+    pets: pd.DataFrame  # answered cat or dog: what drift is judged on
+    neither: int  # answered `neither`
+    total: int
+
+    @property
+    def neither_share(self) -> float:
+        return self.neither / self.total if self.total else 0.0
+
+    def warning(self, max_share: float, min_requests: int) -> str | None:
+        """The non-pet warning, or None: on at least `min_requests` requests, more
+        than `max_share` of them answered `neither`."""
+        if self.total < min_requests or self.neither_share <= max_share:
+            return None
+        return (
+            f"non-pet share: {self.neither} of {self.total} requests "
+            f"({self.neither_share:.0%}) were answered '{NEITHER}' (warning above "
+            f"{max_share:.0%}); people are uploading photos that are not pets. Drift "
+            f"was judged on the {len(self.pets)} answered cat or dog"
+        )
+
+
+def split_traffic(frame: pd.DataFrame) -> TrafficSplit:
+    """Requests answered `neither` apart from those answered with a pet."""
+    is_neither = frame["label"] == NEITHER
+    return TrafficSplit(frame[~is_neither], int(is_neither.sum()), len(frame))
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 A batch job has no /metrics to scrape: the evaluate flow pushes its last
 result, Prometheus scrapes the Pushgateway, and monitoring/alerts.yml alerts
-on accuracy, drift and staleness. One group (job `catdog-evaluate`), replaced
-whole on every push: a figure the latest run did not produce (drift, when too
-few requests were logged) disappears instead of staying stale.
+on accuracy, drift, the share of `neither` answers and staleness. One group
+(job `catdog-evaluate`), replaced whole on every push: a figure the latest run
+did not produce (drift, when too few requests were logged) disappears instead
+of staying stale.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def push_evaluation(
     errors: int,
     requests: int,
     window_requests: int,
+    neither_share: float | None = None,
+    max_neither_share: float | None = None,
     drift_share: float | None = None,
     drift_detected: bool | None = None,
 ) -> None:
@@ -49,6 +52,18 @@ def push_evaluation(
         "Logged user requests in the drift window",
         window_requests,
     )
+    if neither_share is not None:
+        gauge(
+            "catdog_evaluation_neither_share",
+            "Share of the window's user requests answered neither (not a pet)",
+            neither_share,
+        )
+    if max_neither_share is not None:
+        gauge(
+            "catdog_evaluation_max_neither_share",
+            "The flow's warning level for the neither share",
+            max_neither_share,
+        )
     if drift_share is not None:
         gauge("catdog_evaluation_drift_share", "Share of image statistics drifted", drift_share)
         gauge("catdog_evaluation_drift_detected", "1 when drift was detected", int(drift_detected))

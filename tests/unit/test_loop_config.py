@@ -51,6 +51,9 @@ def test_the_chain_listens_to_events_the_flows_emit(monkeypatch):
         "rollout": {events.BENTO_BUILT},
     }
     assert set().union(*expects.values()) <= EMITTED
+    # Many photos answered `neither` is a warning for a person, never a retraining.
+    assert events.NON_PET_SHARE in EMITTED
+    assert events.NON_PET_SHARE not in set().union(*expects.values())
     (package,) = triggers["champion"]
     assert package.parameters == {
         "model_name": "{{ event.payload.model_name }}",
