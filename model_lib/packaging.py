@@ -96,7 +96,8 @@ def _has_artifact(client, run_id: str, path: str) -> bool:
 def save_to_bento_store(champion: Champion) -> str:
     """Put the ONNX model, its metadata and the drift reference in the BentoML store."""
     onnx_path = champion.folder / "model.onnx"
-    prep = OnnxClassifier(onnx_path).preprocessing  # also proves the file loads
+    classifier = OnnxClassifier(onnx_path)  # also proves the file loads
+    prep, decision = classifier.preprocessing, classifier.decision
     with bentoml.models.create(
         MODEL_NAME,
         labels={
@@ -114,6 +115,11 @@ def save_to_bento_store(champion: Champion) -> str:
             "mean": list(prep.mean),
             "std": list(prep.std),
             "class_names": list(prep.class_names),
+            # The decision rule the ONNX file carries (the service reads it from the file;
+            # here for `bentoml models get`): outputs, temperature, `neither` threshold.
+            "outputs": list(decision.outputs),
+            "temperature": decision.temperature,
+            "neither_threshold": decision.threshold,
         },
     ) as model:
         shutil.copy(onnx_path, model.path_of("model.onnx"))

@@ -105,3 +105,14 @@ def test_drift_is_judged_on_pet_answers_only(tmp_path):
     darker_pets = pets.assign(label="dog") * 1  # shifted pet photos still drift
     darker_pets[columns] = darker_pets[columns] - 0.3
     assert drift_report(reference, split_traffic(darker_pets).pets, tmp_path / "d.html").detected
+
+
+def test_the_inference_log_keeps_neither_answers_for_the_split(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    base = {"source": "user", "confidence": 0.9, "model_name": "m", "model_version": "1"}
+    base |= {"timestamp": datetime.now(UTC)} | dict.fromkeys(STAT_COLUMNS, 1.0)
+    for i, label in enumerate(["cat", "neither", "dog", "neither"]):
+        log.append(base | {"request_id": f"r{i}", "label": label})
+    split = split_traffic(inference_frame(log))
+    assert (split.neither, split.total) == (2, 4)
+    assert sorted(split.pets["label"]) == ["cat", "dog"]
