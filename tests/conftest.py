@@ -17,6 +17,7 @@ from bench.servers import ROOT
 
 DATA = ROOT / "data"
 TEST_IMAGES = ROOT / "test_images"
+OTHER_IMAGES = ROOT / "other_images"  # photos that are neither a cat nor a dog
 TIERS = ("unit", "data", "model", "integration")
 
 
@@ -30,6 +31,20 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def real_data():
     """The DVC-pulled photos. Fails (never skips) without them: run `make data`."""
-    if not (DATA / "cat").is_dir() or not (TEST_IMAGES / "dog").is_dir():
-        pytest.fail("data/ and test_images/ are missing: run `make data` (dvc pull) first")
+    if not all(p.is_dir() for p in (DATA / "cat", TEST_IMAGES / "dog", OTHER_IMAGES)):
+        pytest.fail(
+            "data/, test_images/ or other_images/ are missing: run `make data` (dvc pull) first"
+        )
     return DATA
+
+
+def unseen_kind_photos() -> list[Path]:
+    """Photos that are neither a cat nor a dog, of kinds no model trains on:
+    other_images/'s held-out test kinds (model_lib.data splits them by kind)."""
+    from model_lib import data
+
+    outliers, kinds = data.discover_outliers(OTHER_IMAGES, label=2)
+    test_kinds = data.split(
+        outliers, data.OUTLIER_VAL_PERCENT, data.OUTLIER_TEST_PERCENT, 1.0, kinds
+    ).test
+    return [item.path for item in test_kinds]

@@ -29,7 +29,7 @@ from model_lib.inference_log import InferenceLog
 from model_lib.monitoring import inference_frame
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import decode_image, to_model_input
-from tests.conftest import TEST_IMAGES
+from tests.conftest import TEST_IMAGES, unseen_kind_photos
 from tests.images import multipart_body
 from tests.integration.service_runner import MLFLOW_VERSION, save_to_store, serving, store_env
 
@@ -66,6 +66,23 @@ def expected_probs(reference: OnnxClassifier, payload: bytes) -> np.ndarray:
     return reference.predict_proba(to_model_input(image, reference.preprocessing)[None])[0]
 
 
+def expected_label(reference: OnnxClassifier, payload: bytes) -> str:
+    """The answer model_lib's decision rule gives for these bytes: cat, dog or neither."""
+    probs = expected_probs(reference, payload)
+    return reference.class_names[int(reference.decision.labels(probs[None])[0])]
+
+
+def assert_same_answer(reference: OnnxClassifier, payload: bytes, body: dict) -> None:
+    """The service's figures are model_lib's on the same bytes (1e-5)."""
+    probs = expected_probs(reference, payload)
+    pets = reference.decision.pets
+    served = np.array([body["probabilities"][n] for n in pets])
+    np.testing.assert_allclose(served, probs[reference.decision.pet_columns], atol=1e-5)
+    assert body["pet_score"] == pytest.approx(
+        reference.decision.pet_score(probs[None])[0], abs=1e-5
+    )
+
+
 def photos(label: str) -> list[Path]:
     return sorted((TEST_IMAGES / label).glob("*.jpg"))
 
@@ -93,7 +110,7 @@ def test_clear_photos_get_the_right_label(url, reference):
         right = []
         for path in photos(label):
             probs = expected_probs(reference, path.read_bytes())
-            best = reference.class_names[int(probs.argmax())]
+            best = expected_label(reference, path.read_bytes())
             if best == label and probs.max() >= 0.55:
                 right.append(path)
         assert len(right) >= 3, f"the model under test gets only {len(right)} clear {label}s right"
@@ -110,11 +127,24 @@ def test_response_body_and_request_id(url, reference):
     response = post_image(url, payload)
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"label", "confidence", "probabilities", "model", "latency_ms"}
-    assert set(body["probabilities"]) == set(reference.class_names)
-    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert body["confidence"] == max(body["probabilities"].values())
-    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert set(body) == {
+        "label",
+        "confidence",
+        "probabilities",
+        "pet_score",
+        "threshold",
+        "model",
+        "latency_ms",
+    }
+    assert set(body["probabilities"]) == {"cat", "dog"}  # the pets; `neither` is the rest
+    assert sum(body["probabilities"].values()) == pytest.approx(body["pet_score"], abs=1e-5)
+    assert body["threshold"] == pytest.approx(reference.decision.threshold)
+    assert body["label"] == expected_label(reference, payload)
+    if body["label"] == "neither":
+        assert body["confidence"] == pytest.approx(1 - body["pet_score"], abs=1e-5)
+    else:
+        assert body["confidence"] == max(body["probabilities"].values())
+        assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
     assert body["model"] == {
         "name": "catdog-classifier",
         "version": MLFLOW_VERSION,
@@ -131,8 +161,8 @@ def test_service_probabilities_equal_model_lib_on_the_same_bytes(url, reference)
     for path in photos("cat")[:6] + photos("dog")[:6]:
         payload = path.read_bytes()
         body = post_image(url, payload, path.name).json()
-        served = np.array([body["probabilities"][n] for n in reference.class_names])
-        np.testing.assert_allclose(served, expected_probs(reference, payload), atol=1e-5)
+        assert_same_answer(reference, payload, body)
+        assert body["label"] == expected_label(reference, payload)
 
 
 def _odd_uploads() -> dict[str, tuple[bytes, str]]:
@@ -177,9 +207,7 @@ def test_odd_modes_and_formats_are_classified(url, reference, name):
     payload, mime = _odd_uploads()[name]
     response = post_image(url, payload, name, mime)
     assert response.status_code == 200, response.text
-    body = response.json()
-    served = np.array([body["probabilities"][n] for n in reference.class_names])
-    np.testing.assert_allclose(served, expected_probs(reference, payload), atol=1e-5)
+    assert_same_answer(reference, payload, response.json())
 
 
 def test_exif_rotated_photo_is_classified_upright(url):
@@ -196,6 +224,53 @@ def test_exif_rotated_photo_is_classified_upright(url):
         assert turned["probabilities"][label] == pytest.approx(p, abs=1e-5)
     rotated_jpeg = encode(sideways, "JPEG", exif=exif, quality=95)
     assert post_image(url, rotated_jpeg, "side.jpg").status_code == 200
+
+
+# ---------------------------------------------------------------- neither
+@pytest.fixture(scope="module")
+def refused(reference) -> list[Path]:
+    """Unseen-kind photos that model_lib answers `neither` with the model under test."""
+    assert reference.class_names == ("cat", "dog", "neither")
+    paths = unseen_kind_photos()
+    sample = paths[:: max(1, len(paths) // 60)]  # about 60, spread over the kinds
+    found = [p for p in sample if expected_label(reference, p.read_bytes()) == "neither"]
+    assert len(found) >= 5, f"the model under test refuses only {len(found)} of {len(sample)}"
+    return found[:5]
+
+
+def test_a_photo_of_something_else_is_answered_neither(served, reference, refused):
+    """Counted under label="neither" and logged as such: never a cat or dog by default."""
+    url = served["url"]
+    before = metric_samples(url)
+    for i, path in enumerate(refused):
+        payload = path.read_bytes()
+        response = post_image(url, payload, path.name, headers={"X-Request-ID": f"neither-{i}"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["label"] == "neither", (path, body)
+        assert body["pet_score"] < body["threshold"] == pytest.approx(reference.decision.threshold)
+        assert body["confidence"] == pytest.approx(1 - body["pet_score"], abs=1e-5)
+        assert_same_answer(reference, payload, body)
+    after = metric_samples(url)
+    counted = metric_total(after, "catdog_predictions_total", label="neither")
+    assert counted - metric_total(before, "catdog_predictions_total", label="neither") == 5
+    log, deadline, rows = InferenceLog(served["log"]), time.monotonic() + 20, []
+    while time.monotonic() < deadline and len(rows) < 5:
+        frame = inference_frame(log)
+        rows = frame[frame["request_id"].str.startswith("neither-")].to_dict("records")
+        time.sleep(0.2)
+    assert [r["label"] for r in rows] == ["neither"] * 5
+
+
+def test_the_threshold_setting_overrides_the_model_s(model_onnx, reference, refused, tmp_path):
+    """CATDOG_NEITHER_THRESHOLD=0: never `neither`; the answer says which threshold held."""
+    save_to_store(model_onnx, tmp_path)
+    with serving(tmp_path, CATDOG_NEITHER_THRESHOLD="0") as service:
+        for path in refused[:2]:
+            body = post_image(service.url, path.read_bytes()).json()
+            assert body["label"] in ("cat", "dog") and body["threshold"] == 0.0
+            assert body["confidence"] == max(body["probabilities"].values())
+            assert_same_answer(reference, path.read_bytes(), body)
 
 
 # ---------------------------------------------------------------- bad requests
@@ -370,8 +445,7 @@ def test_bad_requests_do_not_disturb_good_ones(url, reference):
         if kind == "good":
             payload, name = item
             assert response.status_code == 200, (name, response.text)
-            expected = reference.class_names[int(expected_probs(reference, payload).argmax())]
-            assert response.json()["label"] == expected
+            assert response.json()["label"] == expected_label(reference, payload)
         else:
             case, (_, status, reason) = item
             assert (response.status_code, response.json()["error"]) == (status, reason), case
