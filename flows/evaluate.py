@@ -146,7 +146,7 @@ def evaluate(
         )
         publish_artifacts(result, drift, traffic, run_id, problems, warning)
         push_figures(result, drift, traffic, min_accuracy, max_neither_share)
-    emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, problems)
+    emit_evaluation_events(result, drift, traffic, model_name, min_accuracy, run_id, problems)
     if warning:
         emit_non_pet_warning(traffic, max_neither_share, model_name, result, run_id)
     if problems:
@@ -176,7 +176,9 @@ def emit_non_pet_warning(traffic, max_share, model_name, result, run_id) -> None
     events.emit(events.NON_PET_SHARE, events.model_resource(model_name, version), payload)
 
 
-def emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, problems) -> None:
+def emit_evaluation_events(
+    result, drift, traffic, model_name, min_accuracy, run_id, problems
+) -> None:
     """The alarms `train/retrain` reacts to (prefect.yaml), or `ok` when all is well.
 
     A window too small to judge or failed requests are problems for a person,
@@ -190,6 +192,7 @@ def emit_evaluation_events(result, drift, model_name, min_accuracy, run_id, prob
         "min_accuracy": min_accuracy,
         "drift_share": None if drift is None else drift.share,
         "drifted_columns": [] if drift is None else list(drift.drifted_columns),
+        "neither_share": traffic.neither_share,  # of the window; drift saw only pet answers
         "mlflow_run_id": run_id,
         "problems": problems,
     }

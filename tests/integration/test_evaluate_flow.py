@@ -1,9 +1,10 @@
 """train -> package -> `bentoml serve` -> `evaluate`, all real, through the Prefect worker.
 
 The drift story needs its traffic in order (an empty log, then unshifted
-traffic, then darkened traffic): the `drift_story` fixture plays it once and
-records each evaluation, so the tests that check them can run in any order.
-Evaluation requests are marked and never count as traffic.
+traffic, then a wave of photos that are not pets, then darkened pet photos): the
+`drift_story` fixture plays it once and records each evaluation, so the tests
+that check them can run in any order. Evaluation requests are marked and never
+count as traffic.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from model_lib.client import classify_all
 from model_lib.data import discover_images
 from model_lib.inference_log import EVALUATION_SOURCE
 from model_lib.traffic import send_traffic
-from tests.conftest import TEST_IMAGES
-from tests.integration.conftest import run_deployment
+from tests.conftest import TEST_IMAGES, unseen_kind_photos
+from tests.integration.conftest import events_named, run_deployment, wait_for
 
 # The test model is small (a slice of the data, 2 epochs): accuracy is not
 # what these tests judge, except in the one that sets a threshold on purpose.
@@ -75,14 +76,35 @@ def test_service_down_fails_with_a_clear_message(platform, trained):
     assert "make serve" in flow_run["state"]["message"]
 
 
+NON_PET_WAVE = 45  # after 60 pet requests: 43 % of the window answered neither, over 20 %
+
+
+def non_pet_wave(url: str, count: int = NON_PET_WAVE) -> dict:
+    """`count` user uploads of photos that are not pets, of kinds the model never
+    trained on, among those the served model answers `neither` (asked first as
+    evaluation traffic, which the window leaves out; the session's model is small,
+    so it refuses only some). Returns the distinct photos and the answers' labels."""
+    paths = unseen_kind_photos()
+    probe = [(p.name, p.read_bytes()) for p in paths[:: max(1, len(paths) // 200)]]
+    answers = classify_all(url, probe, EVALUATION_SOURCE, concurrency=4)
+    refused = [photo for photo, a in zip(probe, answers, strict=True) if a.label == "neither"]
+    assert len(refused) >= 3, f"the served model refuses {len(refused)} of {len(probe)}"
+    wave = [refused[i % len(refused)] for i in range(count)]
+    sent = classify_all(url, wave, "traffic-generator", concurrency=4)
+    return {"distinct": len(refused), "labels": sorted({a.label for a in sent})}
+
+
 @pytest.fixture(scope="module")
 def drift_story(platform, served_champion):
-    """Evaluations of an empty log, of 60 unshifted requests, then of 150 darkened
-    ones: (flow run, latest monitoring run) for each, and the traffic statuses."""
+    """Evaluations of an empty log, of 60 unshifted requests, of a wave of non-pet
+    photos, then of 150 darkened pet photos: (flow run, latest monitoring run) for
+    each, and the traffic sent."""
     url, story = served_champion["url"], {}
     story["empty"] = evaluate(platform, url, **LENIENT), monitoring_runs(platform)[1][0]
     story["unshifted_traffic"] = send_traffic(url, TEST_IMAGES, 60)
     story["unshifted"] = evaluate(platform, url, **LENIENT), monitoring_runs(platform)[1][0]
+    story["non_pet_traffic"] = non_pet_wave(url)
+    story["non_pet"] = evaluate(platform, url, **LENIENT), monitoring_runs(platform)[1][0]
     story["darker_traffic"] = send_traffic(url, TEST_IMAGES, 150, shift="darker")
     story["darker"] = evaluate(platform, url, **LENIENT), monitoring_runs(platform)[1][0]
     return story
@@ -110,19 +132,64 @@ def test_unshifted_traffic_shows_no_drift(platform, served_champion, drift_story
     assert latest.data.metrics["accuracy"] == pytest.approx(right / len(items), abs=0.02)
     for key in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "drift_share"):
         assert key in latest.data.metrics
-    # 60 traffic rows; the flow's own evaluation requests are left out.
-    assert latest.data.metrics["drift_rows"] == 60
+    # 60 traffic rows; the flow's own evaluation requests are left out, and so are the
+    # (rare) pet photos answered neither: drift is judged on cat and dog answers.
+    assert latest.data.metrics["window_requests"] == 60
+    assert latest.data.metrics["drift_rows"] == 60 - latest.data.metrics["neither_requests"]
+    assert latest.data.metrics["neither_share"] < 0.2 and "warning" not in latest.data.tags
     client = MlflowClient(platform["mlflow_uri"])
     artifacts = {a.path for a in client.list_artifacts(latest.info.run_id)}
     assert {"drift_report.html", "evaluation_report.json"} <= artifacts
 
 
-def test_darkened_traffic_is_detected_and_fails_the_flow(drift_story):
+def events_of_run(platform, name: str, flow_run_id: str) -> list[dict]:
+    """Events `name` emitted inside flow run `flow_run_id` (Prefect relates them to it)."""
+    run_resource = f"prefect.flow-run.{flow_run_id}"
+    return [
+        e
+        for e in events_named(platform, name)
+        if any(r["prefect.resource.id"] == run_resource for r in e["related"])
+    ]
+
+
+def test_a_wave_of_non_pet_photos_warns_and_raises_no_alarm(platform, drift_story):
+    """Neither answers are reported on their own, and drift is judged on the pet answers:
+    no drift alarm (which would start a retraining), a non-pet warning instead."""
+    assert drift_story["non_pet_traffic"]["labels"] == ["neither"]
+    flow_run, latest = drift_story["non_pet"]
+    message = flow_run["state"]["message"]
+    assert flow_run["state"]["type"] == "COMPLETED", message  # a warning, not a failure
+    assert "non-pet share" in message and "data drift" not in message
+    window = latest.data.metrics["window_requests"]
+    assert latest.data.metrics["neither_requests"] >= NON_PET_WAVE
+    assert latest.data.metrics["neither_share"] > 0.2
+    assert latest.data.metrics["drift_rows"] == window - latest.data.metrics["neither_requests"]
+    assert "non-pet share" in latest.data.tags["warning"]
+    (warning,) = wait_for(
+        lambda: events_of_run(platform, "catdog.traffic.non-pet-share", flow_run["id"]),
+        120,
+        "the non-pet warning event in the server's event store",
+    )
+    assert warning["payload"]["neither_share"] == pytest.approx(
+        latest.data.metrics["neither_share"]
+    )
+    assert warning["payload"]["max_neither_share"] == 0.2
+    for alarm in ("catdog.evaluation.drift-detected", "catdog.evaluation.accuracy-low"):
+        assert events_of_run(platform, alarm, flow_run["id"]) == []
+
+
+def test_darkened_traffic_is_detected_and_fails_the_flow(platform, drift_story):
     assert drift_story["darker_traffic"] == {200: 150}
     flow_run, _ = drift_story["darker"]
     assert flow_run["state"]["type"] == "FAILED"
     message = flow_run["state"]["message"]
     assert "data drift" in message and "brightness" in message
+    # Shifted pet photos still raise the alarm that retrains, non-pet traffic or not.
+    wait_for(
+        lambda: events_of_run(platform, "catdog.evaluation.drift-detected", flow_run["id"]),
+        120,
+        "the drift alarm of the darkened traffic in the server's event store",
+    )
 
 
 def test_accuracy_below_threshold_fails_the_flow(platform, served_champion):
@@ -143,3 +210,4 @@ def test_evaluation_publishes_prefect_artifacts(platform, drift_story):
     assert keys == {"evaluation", "drift-report"}
     summary = next(a for a in response.json() if a["key"] == "evaluation")
     assert "accuracy (100 test images)" in summary["data"]
+    assert "answered neither (non-pet share)" in summary["data"]

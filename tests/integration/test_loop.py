@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from flows import events
 from tests.conftest import DATA
 from tests.integration.conftest import (
     SMALL_TRAINING,
@@ -184,6 +185,16 @@ def test_repeated_drift_alarm_starts_exactly_one_retraining(platform, loop):
     set_pool_paused(platform, True)
     try:
         model = "catdog.model.catdog-classifier.1"
+        # Many photos answered `neither` (people upload other things): a warning for a
+        # person, which no automation turns into a retraining.
+        warning = emit(platform, events.NON_PET_SHARE, model, {"neither_share": 0.6})
+        wait_for(
+            lambda: warning in {e["id"] for e in events_named(platform, events.NON_PET_SHARE)},
+            120,
+            "the server to store the non-pet warning",
+        )
+        time.sleep(QUIET_SECONDS)
+        assert runs_of(platform, "train/retrain") == []
         for _ in range(3):
             emit(platform, "catdog.evaluation.drift-detected", model, {"drift_share": 0.6})
         emit(platform, "catdog.evaluation.accuracy-low", model, {"accuracy": 0.7})
