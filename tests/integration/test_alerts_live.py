@@ -4,8 +4,8 @@ Two stand-in replicas (tests/integration/fake_replica.py: real HTTP, BentoML's m
 names) are scraped every second through the file_sd targets the platform
 writes. Failing requests fire CatdogHighErrorRatio, killing a replica fires
 CatdogReplicaDown, and the evaluation's figures pushed with
-model_lib.pushgateway fire CatdogEvaluationAccuracyLow. The rules are the
-shipped expressions with their `for:` durations shortened to seconds.
+model_lib.pushgateway fire CatdogEvaluationAccuracyLow and CatdogNonPetShareHigh.
+The rules are the shipped expressions with their `for:` durations shortened to seconds.
 """
 
 from __future__ import annotations
@@ -142,9 +142,13 @@ def test_error_ratio_replica_down_and_accuracy_alerts_fire(monitoring, replicas)
         errors=0,
         requests=200,
         window_requests=40,
+        neither_share=0.45,
+        max_neither_share=0.2,
         drift_share=0.1,
         drift_detected=False,
     )
     (accuracy,) = wait_for_alert(prometheus, "CatdogEvaluationAccuracyLow")
     assert float(accuracy["value"]) == pytest.approx(0.5)
+    (non_pets,) = wait_for_alert(prometheus, "CatdogNonPetShareHigh")
+    assert float(non_pets["value"]) == pytest.approx(0.45)
     assert "CatdogDataDrift" not in firing(prometheus)
