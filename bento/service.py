@@ -86,6 +86,8 @@ class CatDogClassifier:
         if tuple(stored.info.metadata.get("class_names", names)) != names:
             raise ValueError(f"the store's class names are not the ONNX file's {names}")
         self.decision, warning = served_rule(self.classifier.decision, SETTINGS.neither_threshold)
+        if self.decision.pets != names:
+            raise ValueError(f"the model's outputs {self.decision.outputs} do not match {names}")
         if warning:
             log_once("threshold_ignored", warning)
         for label in self.decision.outputs:  # every label's series exists from the start, at 0
