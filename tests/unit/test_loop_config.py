@@ -72,4 +72,4 @@ def test_retraining_has_a_cool_down_and_runs_one_at_a_time(monkeypatch):
     (retrain,) = [d for d in project["deployments"] if d["name"] == "retrain"]
     assert retrain["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert retrain["entrypoint"] == "flows/train.py:train"
-    assert retrain["parameters"]["config"]["architecture"] == "efficientnet_lite0"
+    assert retrain["parameters"]["config"]["architecture"] == "efficientnet_lite2"
