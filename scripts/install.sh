@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
-UV_VERSION=0.13.9
+UV_VERSION=0.13.9  # pinned with its hashes in scripts/uv-bootstrap.txt
 . scripts/uv_env.sh
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -20,7 +20,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/uv --version 2>/dev/null | grep -q " $UV_VERSION"; then
   log "installing uv $UV_VERSION into .venv"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+    -r scripts/uv-bootstrap.txt
 fi
 # Hash-checking mode once the lock has hashes (`make lock` writes them): every
 # file must be one the lock names, whichever index serves it.

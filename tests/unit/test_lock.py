@@ -93,3 +93,9 @@ def test_dvc_plugins_are_locked_at_the_main_lock_versions():
 def test_the_project_build_backend_is_locked():
     """install.sh builds `-e .` without build isolation, with the locked setuptools."""
     assert "setuptools" in pins(ROOT / "requirements.lock")
+
+
+def test_uv_is_bootstrapped_from_hashes_at_the_version_install_sh_expects():
+    wanted = re.search(r"^UV_VERSION=(\S+)", (ROOT / "scripts/install.sh").read_text(), re.M)
+    (entry,) = entries(ROOT / "scripts/uv-bootstrap.txt").values()
+    assert entry.startswith(f"uv=={wanted[1]} ") and "--hash=sha256:" in entry
