@@ -196,7 +196,7 @@ def test_repeated_drift_alarm_starts_exactly_one_retraining(platform, loop):
         runs = runs_of(platform, "train/retrain")
         assert [r["id"] for r in runs] == [retrain["id"]]
         assert retrain["created_by"]["type"] == "AUTOMATION"
-        assert retrain["parameters"]["config"]["architecture"] == "efficientnet_lite0"
+        assert retrain["parameters"]["config"]["architecture"] == "efficientnet_lite2"
 
         # New data has its own trigger (and cool-down): one more retraining.
         prefect_api(platform, "DELETE", f"/flow_runs/{retrain['id']}")

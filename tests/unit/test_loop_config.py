@@ -69,4 +69,7 @@ def test_retraining_has_a_cool_down_and_runs_one_at_a_time(monkeypatch):
     (retrain,) = [d for d in project["deployments"] if d["name"] == "retrain"]
     assert retrain["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert retrain["entrypoint"] == "flows/train.py:train"
-    assert retrain["parameters"]["config"]["architecture"] == "efficientnet_lite0"
+    # Retraining trains what train/transfer trains (one YAML anchor).
+    (transfer,) = [d for d in project["deployments"] if d["name"] == "transfer"]
+    assert retrain["parameters"]["config"] == transfer["parameters"]["config"]
+    assert transfer["parameters"]["config"]["architecture"] == "efficientnet_lite2"
