@@ -96,7 +96,8 @@ def _has_artifact(client, run_id: str, path: str) -> bool:
 def save_to_bento_store(champion: Champion) -> str:
     """Put the ONNX model, its metadata and the drift reference in the BentoML store."""
     onnx_path = champion.folder / "model.onnx"
-    prep = OnnxClassifier(onnx_path).preprocessing  # also proves the file loads
+    classifier = OnnxClassifier(onnx_path)  # also proves the file loads
+    prep, rule = classifier.preprocessing, classifier.decision
     with bentoml.models.create(
         MODEL_NAME,
         labels={
@@ -113,7 +114,11 @@ def save_to_bento_store(champion: Champion) -> str:
             "image_size": prep.image_size,
             "mean": list(prep.mean),
             "std": list(prep.std),
-            "class_names": list(prep.class_names),
+            # The model's outputs (the pet classes, then `neither`) and its decision
+            # rule, as the ONNX file's metadata has them (the service reads the file).
+            "class_names": list(classifier.class_names),
+            "temperature": rule.temperature,
+            "neither_threshold": rule.threshold,
         },
     ) as model:
         shutil.copy(onnx_path, model.path_of("model.onnx"))
