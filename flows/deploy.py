@@ -14,7 +14,7 @@ Deployments (prefect.yaml):
   that version served users before.
 
 The first deployment (nothing serving) is judged against `min_accuracy` alone.
-Process and HAProxy control: scripts/balancer.py; the verdict: model_lib.rollout.
+Process and HAProxy control: catdog_runtime.balancer; the verdict: model_lib.rollout.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
+from catdog_runtime import balancer
 from model_lib import monitoring
 from model_lib.rollout import (
     Evidence,
@@ -40,7 +41,6 @@ from model_lib.rollout import (
     parse_metrics,
 )
 from model_lib.tracking import ensure_tracking_server, version_by_alias
-from scripts import balancer
 
 PRODUCTION_ALIAS = "production"
 MODEL_NAME = "catdog-classifier"

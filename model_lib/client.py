@@ -1,7 +1,7 @@
 """The one HTTP client of the service: POST /classify, /readyz and /metrics.
 
 Used by the evaluation flow (`monitoring`), the traffic generator
-(`traffic`, scripts/traffic.py) and the benchmark (bench/serving.py).
+(`traffic`, catdog_runtime.traffic) and the benchmark (bench/serving.py).
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ import time
 import httpx
 import pytest
 
-from bench.servers import ROOT, free_port
+from catdog_runtime import services
+from catdog_runtime.processes import ROOT, free_port
 from model_lib.pushgateway import push_evaluation
-from scripts import services
 
 ALERT_WAIT_SECONDS = 180
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from bench.servers import free_port
+from catdog_runtime.processes import free_port
 from model_lib.client import classify_all
 from model_lib.data import discover_images
 from model_lib.inference_log import EVALUATION_SOURCE

@@ -1,4 +1,4 @@
-"""`make up` (scripts/services.py up) on a slow machine and beside a foreign port holder.
+"""`make up` (catdog_runtime.services up) on a slow machine and beside a foreign port holder.
 
 The real MLflow and Prefect servers and worker, on free ports, in a temp run dir.
 """
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bench.servers import BIN
+from catdog_runtime.processes import BIN
 from tests.integration.platform import platform_env, services_cli
 
 SLOW_START_SECONDS = 45

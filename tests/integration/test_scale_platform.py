@@ -1,6 +1,6 @@
 """PROFILE=scale end to end: PostgreSQL, two workers, Prometheus + Pushgateway.
 
-`scripts/services.py up` with PROFILE=scale on free ports and a temp run dir;
+`catdog_runtime.services up` with PROFILE=scale on free ports and a temp run dir;
 then the key path through the workers: train (a slice, 2 epochs) -> package ->
 serve (inference log in PostgreSQL) -> evaluate, three evaluations at once so
 the second worker must take one. Checks that Prefect and MLflow keep their data
@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.servers import BIN, free_port, run
+from catdog_runtime.processes import BIN, free_port, run
 from model_lib.inference_log import InferenceLog
 from model_lib.monitoring import inference_frame
 from model_lib.traffic import send_traffic

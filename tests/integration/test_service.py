@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.servers import BIN, ROOT, run
+from catdog_runtime.processes import BIN, ROOT, run
 from model_lib.client import metric_samples, metric_total
 from model_lib.image_stats import STAT_COLUMNS
 from model_lib.inference_log import InferenceLog

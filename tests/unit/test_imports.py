@@ -11,7 +11,7 @@ from graphlib import CycleError, TopologicalSorter
 import pytest
 import yaml
 
-from bench.servers import ROOT
+from catdog_runtime.processes import ROOT
 from tests.modules import LAYERS, MODEL_LIB, TORCH_FREE, probe
 
 
@@ -91,7 +91,7 @@ def test_every_name_imported_from_model_lib_exists():
     moved between model_lib modules would break them only when a user runs them."""
     defined = {name: top_level_names(ROOT / "model_lib" / f"{name}.py") for name in MODEL_LIB}
     missing = []
-    for folder in ("scripts", "flows", "bench", "bento", "model_lib", "tests"):
+    for folder in ("catdog_runtime", "flows", "bench", "bento", "model_lib", "tests"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 module = getattr(node, "module", None) or ""

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from scripts import services
+from catdog_runtime import services
 
 MONITORING = services.MONITORING_DIR
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from bench.servers import ROOT
-from scripts import services
+from catdog_runtime import services
+from catdog_runtime.processes import ROOT
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Screenshots of the running platform for the README, with headless Chromium.
 
-    python scripts/screenshots.py            # writes docs/screenshots/*.png
-    python scripts/screenshots.py --loop     # the loop's pages, after `make loop-demo`
+    python -m catdog_runtime.screenshots            # writes docs/screenshots/*.png
+    python -m catdog_runtime.screenshots --loop     # the loop's pages, after `make loop-demo`
 
 Needs the platform up (`make all`) and Debian's chromium (`apt-get install chromium`).
 """

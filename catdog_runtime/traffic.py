@@ -1,7 +1,7 @@
 """Send a stream of photos to the classifier, optionally shifted, to watch drift being detected.
 
-python scripts/traffic.py --count 200                 # like the training data
-python scripts/traffic.py --count 200 --shift darker  # then run evaluate/scheduled
+python -m catdog_runtime.traffic --count 200                 # like the training data
+python -m catdog_runtime.traffic --count 200 --shift darker  # then run evaluate/scheduled
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""scripts/services.py without starting the platform: pid files, ports, fatal logs."""
+"""The supervisor (catdog_runtime.services, .processes) on real processes: pid files, ports,
+fatal logs. (Starts processes, so not a unit test.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from scripts import services
+from catdog_runtime import services
 
 
 @pytest.fixture
