@@ -57,6 +57,17 @@ class Window:
     # Cumulative histogram of request durations: (upper bound in seconds, count).
     buckets: tuple[tuple[float, float], ...] = ()
 
+    def __add__(self, other: Window) -> Window:
+        """Two replicas' counts together (a bucket missing on one side counts 0)."""
+        sums = dict(self.buckets)
+        for le, count in other.buckets:
+            sums[le] = sums.get(le, 0.0) + count
+        return Window(
+            self.requests + other.requests,
+            self.server_errors + other.server_errors,
+            tuple(sorted(sums.items())),
+        )
+
     def __sub__(self, before: Window) -> Window:
         earlier = dict(before.buckets)
         return Window(

@@ -140,3 +140,12 @@ def test_a_canary_answering_one_class_for_everything_rolls_back():
     assert judge(CONFIG, Evidence(0.5, side(0.5).window, ("cat",)), None).reasons == (
         "it answers one class ('cat') for every photo of test_images",
     )
+
+
+def test_windows_of_two_replicas_add_up_bucket_by_bucket():
+    a = Window(10, 1, ((0.1, 4.0), (float("inf"), 10.0)))
+    b = Window(5, 0, ((0.1, 5.0), (0.5, 5.0), (float("inf"), 5.0)))
+    total = a + b
+    assert (total.requests, total.server_errors) == (15, 1)
+    assert total.buckets == ((0.1, 9.0), (0.5, 5.0), (float("inf"), 15.0))
+    assert (total - b).requests == a.requests
