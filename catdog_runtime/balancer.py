@@ -104,9 +104,9 @@ def _server_line(replica: Replica) -> str:
 def render(replicas: list[Replica]) -> str:
     return Template(TEMPLATE.read_text()).substitute(
         socket=socket_path(),
-        port=services.env_int("BENTO_PORT", 3000),
-        bufsize=services.env_int("CATDOG_LB_BUFSIZE", 131072),
-        maxconn=services.env_int("CATDOG_LB_MAXCONN", 512),
+        port=services.ports().bento_port,
+        bufsize=services.settings().lb_bufsize,
+        maxconn=services.settings().lb_maxconn,
         monitor_uri=services.BALANCER_MONITOR_URI,
         servers="\n".join(f"    {_server_line(r)}" for r in replicas),
     )

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
 
 from catdog_runtime.prefect_api import PrefectAPI, PrefectAPIError, ui_url
+from model_lib.settings import PlatformSettings
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 POLL_SECONDS = 2
@@ -33,13 +33,6 @@ class RunProblem(RuntimeError):
 
 def say(message: str) -> None:
     print(f"[run] {message}", flush=True)
-
-
-def env_seconds(name: str, default: int) -> int:
-    raw = os.environ.get(name) or str(default)
-    if not raw.isdigit() or int(raw) < 1:
-        raise RunProblem(f"{name} must be a positive number of seconds, got {raw!r}")
-    return int(raw)
 
 
 def print_new_logs(api: PrefectAPI, flow_run_id: str, after: str | None) -> str | None:
@@ -57,9 +50,12 @@ def print_new_logs(api: PrefectAPI, flow_run_id: str, after: str | None) -> str 
 
 
 def run(name: str, parameters: dict) -> int:
-    api = PrefectAPI(patience=env_seconds("CATDOG_API_PATIENCE", 300), say=say)
-    pickup_timeout = env_seconds("CATDOG_PICKUP_TIMEOUT", 300)
-    run_timeout = env_seconds("CATDOG_RUN_TIMEOUT", 7200)
+    try:
+        settings = PlatformSettings.from_env()
+    except ValueError as error:
+        raise RunProblem(str(error)) from None
+    api = PrefectAPI(patience=settings.api_patience, say=say)
+    pickup_timeout, run_timeout = settings.pickup_timeout, settings.run_timeout
     deployment = api.call("GET", f"/deployments/name/{name}")
     pool = deployment.get("work_pool_name")
     # The key makes a retried create (its first answer lost in a timeout) return the same

@@ -43,6 +43,7 @@ from catdog_runtime.processes import (
     stop_tree,
 )
 from catdog_runtime.waits import WaitTimeout, http_ok, wait_until
+from model_lib.settings import PlatformSettings, PortSettings
 
 PROGRESS_EVERY_SECONDS = 15
 # Lines that mean the process will never become healthy; seen in these servers' logs.
@@ -79,7 +80,22 @@ class Service:
 
 
 def run_dir() -> Path:
-    return Path(os.environ.get("CATDOG_RUN_DIR") or ROOT / ".run")
+    return settings().run_dir or ROOT / ".run"
+
+
+def settings() -> PlatformSettings:
+    """The runtime's part of the settings (model_lib.settings), read now."""
+    try:
+        return PlatformSettings.from_env()
+    except ValueError as error:
+        raise ServiceError(str(error)) from None
+
+
+def ports() -> PortSettings:
+    try:
+        return PortSettings.from_env()
+    except ValueError as error:
+        raise ServiceError(str(error)) from None
 
 
 def env_int(name: str, default: int) -> int:
@@ -173,7 +189,7 @@ def start(service: Service) -> int:
 
 def wait_for_service(service: Service, ready, what: str) -> None:
     """Wait until `ready()`; fail at once when the service cannot get there."""
-    timeout = env_int("CATDOG_START_TIMEOUT", 600)
+    timeout = settings().start_timeout
 
     def check() -> None:
         if owned_pid(service) is None:
@@ -235,9 +251,8 @@ def bin_path(name: str) -> str:
 
 def services(profile: str | None = None) -> dict[str, Service]:
     """The platform's services for `profile` (default: $CATDOG_PROFILE)."""
-    env = os.environ
     state = run_dir()
-    mlflow_port, prefect_port = int(env["MLFLOW_PORT"]), int(env["PREFECT_PORT"])
+    mlflow_port, prefect_port = ports().mlflow_port, ports().prefect_port
     mlflow_dir = state / "mlflow"
     platform = {
         "mlflow": Service(
@@ -282,7 +297,7 @@ def services(profile: str | None = None) -> dict[str, Service]:
                 "worker",
                 "start",
                 "--pool",
-                env["CATDOG_WORK_POOL"],
+                settings().work_pool,
                 "--type",
                 "process",
                 # A name of its own, so `up` can tell this worker's heartbeat from
@@ -305,7 +320,7 @@ BALANCER_MONITOR_URI = "/lb/healthz"
 
 def balancer_services() -> dict[str, Service]:
     """The balancer and its watchdog: they need only BENTO_PORT (and CATDOG_RUN_DIR)."""
-    bento_port = env_int("BENTO_PORT", 3000)
+    bento_port = ports().bento_port
     return {
         # The one address clients call (CATDOG_SERVICE_URL); replicas sit behind it.
         "haproxy": Service(
@@ -451,10 +466,7 @@ MONITORING_DIR = ROOT / "monitoring"
 
 
 def current_profile() -> str:
-    profile = os.environ.get("CATDOG_PROFILE") or os.environ.get("PROFILE") or "default"
-    if profile not in ("default", "scale"):
-        raise ServiceError(f"unknown PROFILE {profile!r}: use default or scale")
-    return profile
+    return settings().profile
 
 
 def require_debian_packages(*packages: str) -> None:
@@ -473,7 +485,7 @@ def pg_bin(program: str, required: bool = True) -> str:
     Not `required`: the bare name when not installed yet (`down` and `status`
     need the service's name only).
     """
-    configured = os.environ.get("CATDOG_PG_BIN")
+    configured = settings().pg_bin
     candidates = [Path(configured)] if configured else []
     candidates += sorted(
         Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True
@@ -496,15 +508,13 @@ def as_pg_os_user(argv: list[str]) -> list[str]:
 
 def scale_services(base: dict[str, Service]) -> dict[str, Service]:
     """The services PROFILE=scale adds or changes, given the default profile's."""
-    env = os.environ
     state = run_dir()
-    pg_port = env_int("CATDOG_PG_PORT", 5433)
-    prometheus_port = env_int("PROMETHEUS_PORT", 9090)
-    pushgateway_port = env_int("PUSHGATEWAY_PORT", 9091)
+    pg_port = settings().pg_port
+    prometheus_port, pushgateway_port = ports().prometheus_port, ports().pushgateway_port
     mlflow = base["mlflow"]
     argv = list(mlflow.argv)
     store = argv.index("--backend-store-uri") + 1
-    argv[store] = env.get("CATDOG_MLFLOW_BACKEND_URI") or argv[store]
+    argv[store] = settings().mlflow_backend_uri or argv[store]
     # Clients upload and download artifacts through the server: workers on
     # other hosts need no shared folder (and no object-store credentials).
     # (No --expose-prometheus: it needs prometheus-flask-exporter, a Flask-era
@@ -545,7 +555,7 @@ def scale_services(base: dict[str, Service]) -> dict[str, Service]:
     worker = replace(worker, argv=[*worker.argv, "--limit", "1"])
     added["worker"] = worker
     name_at = worker.argv.index("--name") + 1
-    for number in range(2, env_int("CATDOG_PREFECT_WORKERS", 2) + 1):
+    for number in range(2, settings().prefect_workers + 1):
         argv = list(worker.argv)
         argv[name_at] = f"{argv[name_at]}-{number}"
         added[f"worker-{number}"] = replace(worker, name=f"worker-{number}", argv=argv)
@@ -663,13 +673,12 @@ def write_service_targets(addresses: list[str]) -> None:
 
 def render_prometheus_config(interval: str | None = None, rules: Path | None = None) -> Path:
     """monitoring/prometheus.yml.in with this platform's ports and folders."""
-    env = os.environ
     values = {
-        "interval": interval or env.get("CATDOG_SCRAPE_INTERVAL") or "15s",
+        "interval": interval or settings().scrape_interval,
         "rules": str(rules or MONITORING_DIR / "alerts.yml"),
         "service_targets": str(service_targets_file()),
-        "prefect": f"127.0.0.1:{env_int('PREFECT_PORT', 4200)}",
-        "pushgateway": f"127.0.0.1:{env_int('PUSHGATEWAY_PORT', 9091)}",
+        "prefect": f"127.0.0.1:{ports().prefect_port}",
+        "pushgateway": f"127.0.0.1:{ports().pushgateway_port}",
     }
     text = string.Template((MONITORING_DIR / "prometheus.yml.in").read_text()).substitute(values)
     config = run_dir() / "prometheus" / "prometheus.yml"
