@@ -145,7 +145,7 @@ tools:  ## Debian packages the platform and its tests run, when missing (HAProxy
 test: setup tools  ## every tier below (the integration ones start real servers)
 	.venv/bin/pytest -v --durations=25
 
-test-unit: $(VENV_STAMP) tools  ## no data, no training, no servers: passes before `make data`
+test-unit: $(VENV_STAMP)  ## pure: no data, no processes, no network, no installs (passes before `make data`)
 	.venv/bin/pytest tests/unit
 
 test-data: $(VENV_STAMP)  ## tests of and on the DVC-pulled photos (needs `make data`)
