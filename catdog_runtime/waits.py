@@ -5,6 +5,8 @@ wait on top of it) and one retry policy for API calls.
   the wait at once (a process that exited, a fatal log line); progress is reported
   every `progress_every` seconds; `WaitTimeout` after `timeout` seconds.
 - `wait_http(url, ...)`: `wait_until` an HTTP GET answers with an expected status.
+- `poll(fetch, done, timeout)`: the last value of `fetch()` once `done` by it, or at the
+  timeout (tests assert on it);
 - `api_retrying(patience, ...)`: retry a call that raised a transient error, with
   exponential back-off, for up to `patience` seconds.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import httpx
 from tenacity import (
@@ -24,6 +27,8 @@ from tenacity import (
     wait_exponential,
     wait_fixed,
 )
+
+T = TypeVar("T")
 
 
 class WaitTimeout(TimeoutError):
@@ -146,3 +151,19 @@ def api_retrying(
         sleep=sleep,
         reraise=True,
     )
+
+
+def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float, interval=0.5) -> T:
+    """Call `fetch()` until `done(value)` or `timeout` seconds; returns the last value
+    either way (the caller asserts on it, so a failure shows what was last seen)."""
+    last: list[T] = []
+
+    def ready() -> bool:
+        last[:] = [fetch()]
+        return done(last[0])
+
+    try:
+        wait_until(ready, "poll", timeout, interval=interval)
+    except WaitTimeout:
+        pass
+    return last[0]

@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-# BentoML's per-request histogram (all routes, mounted ASGI apps included).
+# BentoML's per-request metrics (all routes, mounted ASGI apps included): its HTTP
+# middleware's names under the default namespace of its configuration
+# (tests/unit/test_rollout_verdict.py checks them against the installed BentoML).
+BENTOML_NAMESPACE = "bentoml_service"
 DURATION_METRIC = "request_duration_seconds"
+REQUEST_DURATION = f"{BENTOML_NAMESPACE}_{DURATION_METRIC}"
+REQUEST_TOTAL = f"{BENTOML_NAMESPACE}_request_total"
+REQUEST_LABELS = ("endpoint", "service_name", "service_version", "http_response_code")
 ENDPOINT = "/classify"
 
 

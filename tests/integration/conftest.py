@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -18,6 +17,7 @@ from mlflow import MlflowClient
 
 from catdog_runtime.prefect_api import PrefectAPI
 from catdog_runtime.processes import BIN, Server, free_port, run
+from catdog_runtime.waits import poll
 from tests.integration.platform import platform_env, services_cli
 from tests.integration.service_runner import train_temporary_model
 
@@ -198,12 +198,9 @@ def runs_of(platform, deployment: str) -> list[dict]:
 
 def wait_for(check, timeout: float, what: str, every: float = 2.0):
     """Poll `check()` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
+    value = poll(check, bool, timeout, interval=every)
+    if value:
+        return value
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
