@@ -279,8 +279,11 @@ def catdog_variables() -> list[str]:
 
 
 def markdown_table() -> str:
+    """README's configuration table, with the count of `CATDOG_*` settings under it."""
     lines = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
     lines += [f"| `{v}` | {t} | {d} | {m} |" for v, t, d, m in catalog()]
+    ports = len(PortSettings.model_fields)
+    lines += ["", f"{len(catdog_variables())} `CATDOG_*` settings, and {ports} ports."]
     return "\n".join(lines) + "\n"
 
 
