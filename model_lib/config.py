@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-ARCHITECTURES = ("baseline_cnn", "efficientnet_lite0")
+ARCHITECTURES = ("baseline_cnn", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # The MLflow registered model and the BentoML model share this name.
 MODEL_NAME = "catdog-classifier"
 CHAMPION_ALIAS = "champion"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model_lib.efficientnet import WEIGHTS_MEAN, WEIGHTS_STD, efficientnet_lite0
+from model_lib.efficientnet import VARIANTS, WEIGHTS_MEAN, WEIGHTS_STD, efficientnet_lite
 from model_lib.preprocess import Preprocessing
 
 # Conventional ImageNet statistics; the scratch CNN could use anything, these
@@ -70,7 +70,7 @@ class BaselineCNN(nn.Module):
 
 
 def preprocessing_for(architecture: str, image_size: int, class_names) -> Preprocessing:
-    if architecture == "efficientnet_lite0":
+    if architecture in VARIANTS:
         mean, std = WEIGHTS_MEAN, WEIGHTS_STD
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -80,6 +80,6 @@ def preprocessing_for(architecture: str, image_size: int, class_names) -> Prepro
 def build_model(architecture: str, num_classes: int) -> nn.Module:
     if architecture == "baseline_cnn":
         return BaselineCNN(num_classes).to(memory_format=torch.channels_last)
-    if architecture == "efficientnet_lite0":
-        return efficientnet_lite0(num_classes=num_classes, pretrained=True)
+    if architecture in VARIANTS:
+        return efficientnet_lite(architecture, num_classes=num_classes, pretrained=True)
     raise ValueError(f"unknown architecture {architecture!r}")

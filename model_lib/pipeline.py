@@ -16,6 +16,7 @@ from model_lib import data as data_lib
 from model_lib.assessment import Assessment, assess
 from model_lib.config import TrainConfig
 from model_lib.decision import NEITHER
+from model_lib.efficientnet import VARIANTS
 from model_lib.export import PARITY_TOLERANCE, export_onnx, onnx_parity
 from model_lib.models import build_model, preprocessing_for
 from model_lib.preprocess import Preprocessing
@@ -102,7 +103,7 @@ def train(
     prep = preprocessing_for(config.architecture, config.image_size, dataset.class_names)
     data = data_lib.prepare_data(dataset.train_items, dataset.val_items, dataset.test_items, prep)
     outputs = dataset.outputs
-    if config.architecture == "efficientnet_lite0":
+    if config.architecture in VARIANTS:
         model, history = fit_transfer(config, data, prep, len(outputs), on_progress)
     else:
         model = build_model(config.architecture, len(outputs))

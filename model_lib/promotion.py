@@ -8,11 +8,17 @@ looks only at the discordant images (one model right, the other wrong): under
 "equally good" each discordant image is a fair coin, so the one-sided binomial
 p-value of the candidate winning at least `b` of `b + c` says how likely such a
 lead is by chance. The candidate is promoted when that p-value is below `alpha`.
+
+Correct means: a pet photo answered with its class, a photo that is neither
+answered `neither`. Guards then keep a candidate that wins overall from
+trading one kind of answer for another: it is not promoted when the champion
+is better beyond chance on one guarded figure alone (unseen kinds of photos
+answered `neither`; pet photos answered with a pet), by the same test.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.stats import binomtest
@@ -42,6 +48,7 @@ class PairedGateDecision(PromotionDecision):
     champion_only_correct: int = 0  # c: images only the champion gets right
     p_value: float | None = None  # one-sided: P(>= b of b+c by chance)
     images: int = 0
+    guards: dict = field(default_factory=dict)  # name -> {"candidate", "champion", "p_value"}
 
 
 def mcnemar_exact(candidate_correct, champion_correct) -> tuple[int, int, float]:
@@ -60,10 +67,35 @@ def mcnemar_exact(candidate_correct, champion_correct) -> tuple[int, int, float]
     return b, c, float(binomtest(b, b + c, 0.5, alternative="greater").pvalue)
 
 
+def guard_results(guards: dict, alpha: float) -> tuple[dict, list[str]]:
+    """Each guard's shares and the one-sided p-value that the champion is better on it;
+    returns (figures, the names of the guards the candidate fails)."""
+    figures, failed = {}, []
+    for name, (candidate_good, champion_good) in (guards or {}).items():
+        candidate_good = np.asarray(candidate_good, dtype=bool)
+        if candidate_good.size == 0:
+            continue
+        champion_good = np.asarray(champion_good, dtype=bool)
+        _, _, p_value = mcnemar_exact(champion_good, candidate_good)
+        figures[name] = {
+            "candidate": float(candidate_good.mean()),
+            "champion": float(champion_good.mean()),
+            "p_value": p_value,
+        }
+        if p_value < alpha:
+            failed.append(name)
+    return figures, failed
+
+
 def decide(
-    candidate_correct, champion_version: str | None, champion_correct, alpha: float = DEFAULT_ALPHA
+    candidate_correct,
+    champion_version: str | None,
+    champion_correct,
+    alpha: float = DEFAULT_ALPHA,
+    guards: dict | None = None,
 ) -> PairedGateDecision:
-    """The promotion decision with its statistics; the reason says which test decided."""
+    """The promotion decision with its statistics; the reason says which test decided.
+    `guards`: name -> (candidate good, champion good), per image, paired."""
     candidate = np.asarray(candidate_correct, dtype=bool)
     candidate_accuracy = float(candidate.mean()) if candidate.size else 0.0
     if champion_version is None:
@@ -79,14 +111,22 @@ def decide(
     champion = np.asarray(champion_correct, dtype=bool)
     b, c, p_value = mcnemar_exact(candidate, champion)
     champion_accuracy = float(champion.mean())
-    promoted = p_value < alpha
-    verdict = "beats" if promoted else "does not beat"
+    guard_figures, failed = guard_results(guards, alpha)
+    promoted = p_value < alpha and not failed
+    verdict = "beats" if p_value < alpha else "does not beat"
     reason = (
         f"candidate {candidate_accuracy:.4f} vs champion v{champion_version} "
         f"{champion_accuracy:.4f} on the same {candidate.size} validation images: "
         f"{verdict} the champion beyond chance (McNemar exact, one-sided: candidate "
         f"alone right on {b}, champion alone on {c}, p={p_value:.4f}, alpha={alpha})"
     )
+    for name in failed:
+        figures = guard_figures[name]
+        reason += (
+            f"; but the champion is better beyond chance on {name} "
+            f"({figures['champion']:.4f} vs {figures['candidate']:.4f}, "
+            f"p={figures['p_value']:.4f}): not promoted"
+        )
     return PairedGateDecision(
         promoted=promoted,
         candidate_accuracy=candidate_accuracy,
@@ -98,6 +138,7 @@ def decide(
         champion_only_correct=c,
         p_value=p_value,
         images=int(candidate.size),
+        guards=guard_figures,
     )
 
 
@@ -117,6 +158,14 @@ def decision_markdown(model_name: str, version: str, decision: PairedGateDecisio
         ("p-value", "" if decision.p_value is None else f"{decision.p_value:.4g}"),
         ("validation images", str(decision.images)),
     ]
+    for name, figures in decision.guards.items():
+        rows.append(
+            (
+                f"guard: {name}",
+                f"candidate {figures['candidate']:.4f}, champion {figures['champion']:.4f}, "
+                f"p(champion better)={figures['p_value']:.4g}",
+            )
+        )
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (
         f"# Champion gate: {model_name} v{version}\n\n{decision.reason}\n\n"

@@ -18,6 +18,7 @@ from mlflow.models import infer_signature
 
 from model_lib import promotion
 from model_lib.config import CHAMPION_ALIAS
+from model_lib.decision import NEITHER
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import decode_image
 from model_lib.settings import PortSettings
@@ -68,15 +69,16 @@ def version_by_alias(client, model_name: str, alias: str):
         return None
 
 
-def champion_correct_on(client, model_name: str, val_items) -> tuple[str | None, np.ndarray | None]:
+def champion_answers_on(client, model_name: str, val_items) -> tuple[str | None, np.ndarray | None]:
     """Re-score the current champion on this run's validation files, image by image.
 
     Comparing against the champion's logged metric would compare different
     splits whenever data_fraction differs, and the champion may preprocess
     differently (size, normalisation); scoring its ONNX file here, with its own
-    embedded preprocessing, compares like with like.
-    Returns (version, per-image correctness), or (None, None) when there is
-    no champion; the gate (model_lib.promotion) pairs it with the candidate's.
+    embedded preprocessing and decision rule, compares like with like.
+    Returns (version, the label it answers per image), or (None, None) when
+    there is no champion; the gate (model_lib.promotion) pairs it with the
+    candidate's. A champion without a `neither` output answers cat or dog.
     """
     version = version_by_alias(client, model_name, CHAMPION_ALIAS)
     if version is None:
@@ -84,9 +86,18 @@ def champion_correct_on(client, model_name: str, val_items) -> tuple[str | None,
     folder = mlflow.artifacts.download_artifacts(f"models:/{model_name}@{CHAMPION_ALIAS}")
     champion = OnnxClassifier(os.path.join(folder, "model.onnx"))
     images = [decode_image(item.path.read_bytes()) for item in val_items]
-    labels = np.asarray([item.label for item in val_items])
-    probs = champion.predict_images(images)
-    return version.version, probs.argmax(1) == labels
+    answers = champion.decision.labels(champion.predict_images(images))
+    return version.version, np.asarray(champion.class_names)[answers]
+
+
+def gate_inputs(truth: np.ndarray, answers: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Per-image correctness, and the guarded figures as per-image good/bad."""
+    others = truth == NEITHER
+    guards = {
+        "unseen kinds answered neither": answers[others] == NEITHER,
+        "pets answered with a pet": answers[~others] != NEITHER,
+    }
+    return answers == truth, guards
 
 
 def log_models(result, onnx_path, example_input: np.ndarray) -> str:
@@ -118,14 +129,24 @@ def log_models(result, onnx_path, example_input: np.ndarray) -> str:
 
 
 def register_and_gate(
-    model_uri: str, model_name: str, val_accuracy: float, val_items, run_id, candidate_correct
+    model_uri: str, model_name: str, val_accuracy: float, val_items, truth, answers, run_id
 ):
     """Register a version; move the champion alias only if the paired gate says it is
-    better (model_lib.promotion). `candidate_correct`: per-image correctness on `val_items`."""
+    better (model_lib.promotion). `truth`, `answers`: the true and the answered label
+    (names) of each of `val_items`."""
     client = MlflowClient()
     # Score the champion before registering, so a failure here leaves nothing behind.
-    champion_version, champion_correct = champion_correct_on(client, model_name, val_items)
-    decision = promotion.decide(candidate_correct, champion_version, champion_correct)
+    champion_version, champion_answers = champion_answers_on(client, model_name, val_items)
+    candidate_correct, candidate_guards = gate_inputs(np.asarray(truth), np.asarray(answers))
+    champion_correct, guards = None, None
+    if champion_answers is not None:
+        champion_correct, champion_guards = gate_inputs(np.asarray(truth), champion_answers)
+        guards = {
+            name: (candidate_guards[name], champion_guards[name]) for name in candidate_guards
+        }
+    decision = promotion.decide(
+        candidate_correct, champion_version, champion_correct, guards=guards
+    )
     version = mlflow.register_model(model_uri, model_name)
     for key, value in {
         "val_accuracy": f"{val_accuracy:.6f}",

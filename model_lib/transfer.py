@@ -1,4 +1,4 @@
-"""Transfer learning: fine-tune the head of a pretrained EfficientNet-Lite0 (torch).
+"""Transfer learning: fine-tune the head of a pretrained EfficientNet-Lite (torch).
 
 The frozen layers run through ONNX Runtime (exported in memory from the very
 modules that end up in the returned model), the trainable tail in PyTorch.
@@ -15,7 +15,7 @@ from torch import nn
 
 from model_lib.config import TrainConfig
 from model_lib.data import PreparedData
-from model_lib.efficientnet import efficientnet_lite0
+from model_lib.efficientnet import efficientnet_lite
 from model_lib.export import onnx_bytes
 from model_lib.onnx_model import inference_session
 from model_lib.preprocess import Preprocessing
@@ -90,14 +90,14 @@ def _fresh_view(images, labels, batch_size, generator, augment, backbone, cache:
 def fit_transfer(
     config: TrainConfig, data: PreparedData, prep: Preprocessing, outputs: int, on_progress=None
 ):
-    """Fine-tune the head of a pretrained EfficientNet-Lite0 on `data`.
+    """Fine-tune the head of a pretrained EfficientNet-Lite (`config.architecture`) on `data`.
 
-    The stem and all 16 MBConv blocks stay frozen: ImageNet features already
+    The stem and all MBConv blocks stay frozen: ImageNet features already
     separate cats from dogs, and training the last block as well was several
     times slower per epoch for no gain (notes/efficientnet.md). Returns (model
     in eval mode, per-epoch history).
     """
-    model = efficientnet_lite0(num_classes=outputs, pretrained=True).eval()
+    model = efficientnet_lite(config.architecture, num_classes=outputs, pretrained=True).eval()
     # Frozen by construction: only the tail's parameters reach the optimizer, and
     # the frozen part runs outside autograd (ONNX Runtime).
     frozen = nn.Sequential(model.stem, model.blocks)

@@ -34,6 +34,21 @@ def write_dataset(root, per_class: int = 12, classes=("cat", "dog"), size=(40, 4
     return root
 
 
+def write_outliers(
+    root, per_kind: int = 6, kinds=("ball", "car", "tree", "lamp", "shoe"), size=(40, 40)
+):
+    """`root/objects/<kind>/<kind>.<i>.jpg`: photos that are neither, green with noise
+    (a colour neither pet class has), one folder per kind as in other_images/."""
+    for number, kind in enumerate(kinds):
+        folder = root / "objects" / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_kind):
+            rng = np.random.default_rng(7000 + number * 100 + index)
+            pixels = np.clip([60, 200, 60] + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{kind}.{index}.jpg", "JPEG")
+    return root
+
+
 BOUNDARY = "testboundary42"
 
 

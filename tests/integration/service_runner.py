@@ -18,6 +18,7 @@ TEMPORARY_CONFIG = {"data_fraction": 0.3, "epochs": 3, "image_size": 64}
 # What the temporary model depends on: a change to any of these retrains it.
 MODEL_INPUTS = ("data.dvc", "model_lib/models.py", "model_lib/training.py", "model_lib/data.py")
 MODEL_INPUTS += ("model_lib/pipeline.py", "model_lib/preprocess.py", "model_lib/export.py")
+MODEL_INPUTS += ("model_lib/assessment.py", "model_lib/calibration.py", "model_lib/decision.py")
 
 
 def env(**extra) -> dict:
@@ -40,10 +41,12 @@ import sys
 from model_lib.config import TrainConfig
 from model_lib.pipeline import export, train
 
-export(train(TrainConfig(**{TEMPORARY_CONFIG!r}, data_dir=sys.argv[1])), sys.argv[2])
+config = TrainConfig(**{TEMPORARY_CONFIG!r}, data_dir=sys.argv[1], outlier_dir=sys.argv[3])
+export(train(config), sys.argv[2])
 """
     partial = out / "model.onnx"
-    run([sys.executable, "-c", code, str(ROOT / "data"), str(partial)], env(), timeout=1200)
+    folders = [str(ROOT / "data"), str(partial), str(ROOT / "other_images")]
+    run([sys.executable, "-c", code, *folders], env(), timeout=1200)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial.replace(cached)
     return cached

@@ -25,14 +25,36 @@ def test_run_has_params_tags_and_per_epoch_metrics(first_run, platform):
     head = run_cli(["git", "rev-parse", "HEAD"], platform["env"]).stdout.strip()
     assert run.data.tags["git_commit"] == head
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == [1, 2]
-    # The run's final accuracy is the validation report's (the gate and the report agree).
-    report = json.loads(open(client.download_artifacts(run.info.run_id, "val_report.json")).read())
-    assert run.data.metrics["val_accuracy"] == pytest.approx(report["accuracy"])
-    assert report["count"] == int(run.data.tags["val_images"])
+    # Per epoch (before calibration), then the exported model's, at the last epoch's step.
+    assert [m.step for m in history] == [1, 2, 2]
+    # The run's final figures are the reports' (the gate and the reports agree).
+    for split in ("val", "test"):
+        report = json.loads(
+            open(client.download_artifacts(run.info.run_id, f"{split}_report.json")).read()
+        )
+        images = int(run.data.tags[f"{split}_images"]) + int(
+            run.data.tags[f"{split}_neither_images"]
+        )
+        assert report["count"] == images > 0
+        assert set(report["per_class"]) == {"cat", "dog", "neither"}
+    assert run.data.tags["test_split_fingerprint"] != run.data.tags["val_split_fingerprint"]
     assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4
-    for key in ("train_loss", "val_loss", "val_cat_f1", "val_dog_recall"):
-        assert key in run.data.metrics
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_cat_f1",
+        "test_accuracy",
+        "test_cat_accuracy",
+        "test_pets_answered_neither",
+        "test_others_answered_neither",
+        "test_auroc_pets_vs_others",
+        "val_ece_before_calibration",
+        "test_ece",
+        "temperature",
+        "neither_threshold",
+        "served_test_accuracy",
+    ):
+        assert key in run.data.metrics, key
 
 
 def test_run_has_reports_plots_and_both_models(first_run):
@@ -40,13 +62,26 @@ def test_run_has_reports_plots_and_both_models(first_run):
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {
         "data_validation.json",
+        "outlier_validation.json",
         "reference_stats.csv",
         "val_report.json",
+        "test_report.json",
         "promotion_decision.json",
         "plots",
     } <= names
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {"plots/loss_curve.png", "plots/confusion_matrix.png"}
+    assert plots == {
+        f"plots/{name}.png"
+        for name in (
+            "loss_curve",
+            "confusion_matrix_validation",
+            "confusion_matrix_test",
+            "reliability_diagram",
+            "pet_score_histogram_validation",
+            "pet_score_histogram_test",
+            "test_errors",
+        )
+    }
     models = {m.name for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])}
     assert {"pytorch_model", "onnx_model"} <= models
     validation = json.loads(
@@ -59,14 +94,19 @@ def test_int8_model_is_logged_exactly_when_it_keeps_the_accuracy(first_run):
     from model_lib.quantize import INT8_ARTIFACT_PATH, int8_acceptable
 
     client, run = first_run
-    int8_accuracy = run.data.metrics["val_accuracy_int8"]
+    metrics = run.data.metrics
+    figures = {
+        precision: {
+            key: metrics[f"val_{key}{suffix}"] for key in ("accuracy", "others_answered_neither")
+        }
+        for precision, suffix in (("float32", ""), ("int8", "_int8"))
+    }
+    acceptable = int8_acceptable(figures["float32"], figures["int8"])
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "int8")}
-    expected = (
-        {INT8_ARTIFACT_PATH}
-        if int8_acceptable(run.data.metrics["val_accuracy"], int8_accuracy)
-        else set()
-    )
-    assert logged == expected
+    assert logged == ({INT8_ARTIFACT_PATH} if acceptable else set())
+    assert run.data.tags["served_precision"] == ("int8" if acceptable else "float32")
+    served = "_int8" if acceptable else ""
+    assert metrics["served_test_accuracy"] == metrics[f"test_accuracy{served}"]
 
 
 def test_first_version_is_champion(first_run):

@@ -5,7 +5,13 @@ from model_lib.export import export_onnx
 from model_lib.models import preprocessing_for
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import normalize
-from model_lib.quantize import INT8_TOLERANCE, calibration_inputs, int8_acceptable, quantize_int8
+from model_lib.quantize import (
+    INT8_TOLERANCE,
+    NEITHER_TOLERANCE,
+    calibration_inputs,
+    int8_acceptable,
+    quantize_int8,
+)
 
 
 def test_int8_model_is_quantized_keeps_preprocessing_and_agrees_with_float32(tmp_path, tiny_run):
@@ -22,7 +28,7 @@ def test_int8_model_is_quantized_keeps_preprocessing_and_agrees_with_float32(tmp
     assert int8.preprocessing == prep
     fp32_probs = fp32.predict_proba(data.val_inputs)
     int8_probs = int8.predict_proba(data.val_inputs)
-    assert (fp32_probs.argmax(1) == int8_probs.argmax(1)).all()
+    assert (fp32_probs.argmax(1) == int8_probs.argmax(1)).mean() >= 0.95
     assert (int8_probs.argmax(1) == data.val_labels).mean() >= 0.9
 
 
@@ -35,6 +41,11 @@ def test_calibration_uses_centre_crops_of_training_images():
 
 
 def test_int8_ships_only_within_the_tolerance():
-    assert int8_acceptable(0.90, 0.90 - INT8_TOLERANCE)
-    assert int8_acceptable(0.90, 0.91)
-    assert not int8_acceptable(0.90, 0.90 - INT8_TOLERANCE - 0.001)
+    def figures(accuracy, neither=0.97):
+        return {"accuracy": accuracy, "others_answered_neither": neither}
+
+    assert int8_acceptable(figures(0.990), figures(0.990 - INT8_TOLERANCE))
+    assert int8_acceptable(figures(0.990), figures(0.991))
+    assert not int8_acceptable(figures(0.990), figures(0.990 - INT8_TOLERANCE - 0.001))
+    assert not int8_acceptable(figures(0.99), figures(0.99, 0.97 - NEITHER_TOLERANCE - 0.001))
+    assert int8_acceptable({"accuracy": 0.99}, {"accuracy": 0.99})  # a cat/dog-only model

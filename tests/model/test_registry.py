@@ -10,13 +10,12 @@ from mlflow import MlflowClient
 
 from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
 from model_lib.image_stats import REFERENCE_STATS_FILE, write_reference_statistics
-from model_lib.metrics import accuracy
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.packaging import resolve_champion
 from model_lib.pipeline import export
 from model_lib.preprocess import decode_image
 from model_lib.quantize import INT8_ARTIFACT_PATH, calibration_inputs, quantize_int8
-from model_lib.tracking import champion_correct_on
+from model_lib.tracking import champion_answers_on
 from tests.model.conftest import tiny_training
 
 
@@ -50,7 +49,7 @@ def test_the_gate_rescores_a_champion_of_another_architecture_with_its_own_prepr
     champion_run = tiny_training(
         tmp_path / "champion", architecture="efficientnet_lite0", image_size=64
     )
-    champion_path, _ = export(champion_run.result, tmp_path / "champion.onnx")
+    champion_path, _, _ = export(champion_run.result, tmp_path / "champion.onnx")
     version = register_champion(registry, champion_run, champion_path)
     # The candidate is a baseline at 32 px with other normalisation: feeding the champion
     # the candidate's inputs would fail (its ONNX graph takes 64 px).
@@ -58,18 +57,21 @@ def test_the_gate_rescores_a_champion_of_another_architecture_with_its_own_prepr
     assert champion_run.prep.image_size != tiny_run.prep.image_size
 
     val_items = tiny_run.dataset.val_items
-    scored_version, correct = champion_correct_on(MlflowClient(), MODEL_NAME, val_items)
-    scored = float(correct.mean())
+    scored_version, answers = champion_answers_on(MlflowClient(), MODEL_NAME, val_items)
 
+    champion = OnnxClassifier(champion_path)
     images = [decode_image(item.path.read_bytes()) for item in val_items]
-    labels = [item.label for item in val_items]
-    expected = accuracy(OnnxClassifier(champion_path).predict_images(images), labels)
+    expected = np.asarray(champion.class_names)[
+        champion.decision.labels(champion.predict_images(images))
+    ]
+    truth = np.asarray(tiny_run.result.outputs)[[item.label for item in val_items]]
     assert str(scored_version) == version  # MLflow 3 returns it as an int here
-    assert scored == expected and scored >= 0.9  # two colours: the champion gets them right
+    np.testing.assert_array_equal(answers, expected)
+    assert (answers == truth).mean() >= 0.9  # three colours: the champion gets them right
 
 
 def test_no_champion_means_nothing_to_rescore(registry, tiny_run):
-    assert champion_correct_on(MlflowClient(), MODEL_NAME, tiny_run.dataset.val_items) == (
+    assert champion_answers_on(MlflowClient(), MODEL_NAME, tiny_run.dataset.val_items) == (
         None,
         None,
     )
@@ -82,7 +84,7 @@ def is_int8(path) -> bool:
 def test_packaging_ships_int8_when_training_logged_it_and_float32_otherwise(
     registry, tmp_path, tiny_run
 ):
-    fp32_path, _ = export(tiny_run.result, tmp_path / "model.onnx")
+    fp32_path, _, _ = export(tiny_run.result, tmp_path / "model.onnx")
     register_champion(registry, tiny_run, fp32_path)
     fallback = resolve_champion(MODEL_NAME, None, tmp_path / "first", precision="int8")
     assert fallback.precision == "float32" and not is_int8(fallback.folder / "model.onnx")

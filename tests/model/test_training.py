@@ -38,7 +38,8 @@ def test_steps_per_epoch_counts_what_batches_yields(count):
 def test_train_end_to_end_on_tiny_images(tiny_run):
     result = tiny_run.result
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert result.val_probabilities.shape == (len(tiny_run.dataset.val_items), 2)
+    assert result.outputs == ("cat", "dog", "neither")
+    assert len(result.data.val_labels) == len(tiny_run.dataset.val_items)
     assert sum(1 for e in tiny_run.events if e.get("epoch_done")) == 3
     # Two flat colours: a CNN that learns anything separates them.
     assert result.history[-1]["val_accuracy"] >= 0.9
@@ -57,8 +58,18 @@ def test_onnx_export_matches_pytorch_and_carries_preprocessing(tmp_path):
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
 
 
-def test_pipeline_export_checks_parity_and_writes_the_served_file(tiny_run, tmp_path):
-    path, parity = export(tiny_run.result, tmp_path / "model.onnx")
+def test_pipeline_export_checks_parity_and_stores_the_fitted_decision_rule(tiny_run, tmp_path):
+    path, parity, assessment = export(tiny_run.result, tmp_path / "model.onnx")
     assert parity <= PARITY_TOLERANCE
-    served = OnnxClassifier(path).predict_proba(tiny_run.result.data.val_inputs)
-    np.testing.assert_allclose(served, tiny_run.result.val_probabilities, atol=1e-4)
+    served = OnnxClassifier(path)
+    assert served.decision == assessment.rule and served.class_names == tiny_run.result.outputs
+    data = tiny_run.result.data
+    # What the file answers is what the assessment scored.
+    np.testing.assert_array_equal(served.predict_labels(data.val_inputs), assessment.val.answers)
+    # Three flat colours: pets get their class, the unseen kinds (other colour) `neither`.
+    assert assessment.val.metrics["accuracy"] >= 0.9
+    assert assessment.val.metrics["others_answered_neither"] >= 0.9
+    assert assessment.test.metrics["accuracy"] >= 0.9
+    assert {"val_ece", "test_ece", "test_auroc_pets_vs_others", "temperature"} <= set(
+        assessment.metrics()
+    )

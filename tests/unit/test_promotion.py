@@ -55,3 +55,28 @@ def test_first_model_becomes_champion_without_a_test():
 def test_unpaired_inputs_are_refused():
     with pytest.raises(ValueError, match="same images"):
         mcnemar_exact(np.ones(5, bool), np.ones(6, bool))
+
+
+def test_a_candidate_that_lets_more_unseen_kinds_through_is_not_promoted():
+    """Better overall (pets), but the champion refuses unseen kinds of photos more often."""
+    candidate = np.r_[np.ones(100, bool), np.zeros(10, bool)]
+    champion = np.r_[np.zeros(100, bool), np.ones(10, bool)]
+    neither_candidate = np.r_[np.zeros(30, bool), np.ones(70, bool)]
+    neither_champion = np.ones(100, bool)
+    decision = decide(
+        candidate,
+        "1",
+        champion,
+        guards={"unseen kinds answered neither": (neither_candidate, neither_champion)},
+    )
+    assert not decision.promoted
+    assert "unseen kinds answered neither" in decision.reason
+    assert decision.guards["unseen kinds answered neither"]["champion"] == 1.0
+
+
+def test_guards_do_not_block_a_candidate_level_with_the_champion_on_them():
+    candidate = np.r_[np.ones(30, bool), np.zeros(2, bool)]
+    champion = np.r_[np.zeros(30, bool), np.ones(2, bool)]
+    same = np.ones(50, bool)
+    decision = decide(candidate, "1", champion, guards={"pets answered with a pet": (same, same)})
+    assert decision.promoted and decision.guards["pets answered with a pet"]["p_value"] == 1.0
