@@ -142,7 +142,7 @@ class InferenceLog:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # With WAL, NORMAL never corrupts the file and survives a crash of the
         # process; only a power cut can lose the last commits. It saves an fsync
-        # per commit (2.5 ms -> 0.1 ms per commit measured here).
+        # per commit.
         connection.execute("PRAGMA synchronous = NORMAL")
         return connection
 

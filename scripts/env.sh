@@ -34,8 +34,8 @@ if [ "$CATDOG_PROFILE" = scale ]; then
 fi
 export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-$CATDOG_RUN_DIR/inference_log.sqlite}
 export CATDOG_WORK_POOL=${CATDOG_WORK_POOL:-local}
-# How long `make up` / `make serve` wait for a service to become healthy. A cold
-# start on a slow machine took ~3 min; a real error fails at once regardless.
+# How long `make up` / `make serve` wait for a service to become healthy: cold starts
+# on slow machines take minutes (README, "Set-up time"); a real error fails at once.
 export CATDOG_START_TIMEOUT=${CATDOG_START_TIMEOUT:-600}
 export PATH="$CATDOG_ROOT/.venv/bin:$PATH"
 

@@ -18,8 +18,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from bench.servers import Server, free_port
-from scripts import balancer, services
+from catdog_runtime import balancer, services
+from catdog_runtime.processes import Server, free_port
 
 REPLICA = """
 import http.server, sys

@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench.servers import ROOT, free_port
+from catdog_runtime.postgres import postgres_cluster
+from catdog_runtime.processes import ROOT, free_port
 from model_lib.inference_log import (
     COLUMNS,
     InferenceLog,
@@ -23,7 +24,6 @@ from model_lib.inference_log import (
     PostgresInferenceLog,
 )
 from model_lib.monitoring import inference_frame
-from tests.integration.postgres import postgres_cluster
 from tests.unit.test_inference_log import record
 
 

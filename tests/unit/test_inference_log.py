@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from PIL import Image
 
-from bench.servers import ROOT
+from catdog_runtime.processes import ROOT
 from model_lib.image_stats import STAT_COLUMNS, image_statistics
 from model_lib.inference_log import COLUMNS, InferenceLog, InferenceRecorder, default_path
 from tests.images import noise_image

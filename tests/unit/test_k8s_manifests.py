@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bench.servers import ROOT
+from catdog_runtime.processes import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
 VERSION = "1.37.0"

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from bench.servers import ROOT
+from catdog_runtime.processes import ROOT
 from flows import events
 
 EMITTED = {v for k, v in vars(events).items() if k.isupper() and isinstance(v, str)}
