@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from bench.servers import ROOT
+from catdog_runtime.processes import ROOT
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
 SECRET = re.compile(r"\$\{\{[^}]*\bsecrets\.")
