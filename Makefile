@@ -64,8 +64,8 @@ train-transfer: $(VENV_STAMP)  ## run train/transfer: EfficientNet-Lite2, ImageN
 train-lite0: $(VENV_STAMP)  ## run train/efficientnet-lite0: the cheaper transfer model
 	$(RUN) train/efficientnet-lite0
 
-train-small: $(VENV_STAMP)  ## a quick real model (CI): EfficientNet-Lite0 head on 20% of the data
-	$(RUN) train/efficientnet-lite0 --params '{"config": {"architecture": "efficientnet_lite0", "data_fraction": 0.2, "epochs": 4, "learning_rate": 0.003}}'
+train-small: $(VENV_STAMP)  ## a quick real model (CI): train/small, EfficientNet-Lite0 on 20% of the data
+	$(RUN) train/small
 
 package: $(VENV_STAMP)  ## champion -> BentoML model store -> bento (Prefect flow `package`)
 	$(RUN) package/champion
