@@ -249,6 +249,13 @@ class InferenceLog:
             connection.close()
 
 
+def _size_stats(size) -> dict:
+    if size is None:
+        return {}
+    width, height = size
+    return {"width": float(width), "height": float(height), "aspect_ratio": width / height}
+
+
 class InferenceRecorder:
     """Computes image statistics and appends records on a background thread.
 
@@ -286,8 +293,10 @@ class InferenceRecorder:
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
-    def submit(self, image, file_size: int, record: dict) -> bool:
-        """Queue (decoded RGB image, upload byte count, record without statistics)."""
+    def submit(self, image, file_size: int, record: dict, source_size=None) -> bool:
+        """Queue (decoded RGB image, upload byte count, record without statistics).
+        `source_size`: the upload's own (width, height), when `image` was decoded
+        reduced (a large photo): its width, height and aspect ratio are recorded."""
         pixels = image.width * image.height
         with self._lock:
             full = self._pending >= self.max_pending or (
@@ -296,7 +305,7 @@ class InferenceRecorder:
             if not full and not self._stopping.is_set():
                 self._pending += 1
                 self._pending_pixels += pixels
-                self._queue.put((image, file_size, record, pixels))
+                self._queue.put((image, file_size, record, source_size, pixels))
                 return True
             self.dropped += 1
         if self.on_drop:
@@ -335,8 +344,8 @@ class InferenceRecorder:
     def _write(self, items) -> None:
         try:
             records = [
-                {**record, **image_statistics(image, file_size)}
-                for image, file_size, record, _ in items
+                {**record, **image_statistics(image, file_size), **_size_stats(source_size)}
+                for image, file_size, record, source_size, _ in items
             ]
             self.log.append_many(records)
             self.written += len(records)

@@ -1,6 +1,8 @@
+import math
+
 import pytest
 
-from bento.settings import Settings, available_cpus
+from bento.settings import Settings, available_cpus, cgroup_cpu_quota
 
 
 def test_defaults_without_environment():
@@ -38,3 +40,50 @@ def test_bad_values_are_refused_with_the_variable_named(name, raw, message):
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         Settings().workers = 5
+
+
+def cgroup(tmp_path, proc_line: str, files: dict) -> tuple:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cgroup").write_text(proc_line + "\n")
+    for name, text in files.items():
+        path = tmp_path / "cg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path / "cg", tmp_path / "proc"
+
+
+@pytest.mark.parametrize(
+    "proc_line, files, expected",
+    [
+        ("0::/kubepods/pod1/c1", {"kubepods/pod1/c1/cpu.max": "150000 100000\n"}, 1.5),
+        ("0::/kubepods/pod1/c1", {"kubepods/pod1/c1/cpu.max": "max 100000\n"}, None),
+        # the tightest quota on the way up counts (a pod limit above its container)
+        ("0::/pod/c", {"pod/cpu.max": "100000 100000", "pod/c/cpu.max": "max 100000"}, 1.0),
+        (
+            "4:cpu,cpuacct:/docker/abc",
+            {
+                "cpu/docker/abc/cpu.cfs_quota_us": "50000",
+                "cpu/docker/abc/cpu.cfs_period_us": "100000",
+            },
+            0.5,
+        ),
+        (
+            "4:cpu,cpuacct:/",
+            {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"},
+            None,
+        ),
+        ("0::/", {}, None),
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_in_v1_and_v2(tmp_path, proc_line, files, expected):
+    root, proc = cgroup(tmp_path, proc_line, files)
+    assert cgroup_cpu_quota(root, proc) == expected
+    if expected is not None:  # a fraction of a CPU still gets one thread
+        assert available_cpus(root, proc) == min(available_cpus(), max(1, math.ceil(expected)))
+
+
+def test_new_limits_have_their_defaults():
+    settings = Settings()
+    assert settings.max_pixels == 16_000_000
+    assert settings.max_decoded_bytes == 256 * 1024 * 1024
+    assert settings.decode_wait_seconds == 10 and settings.upload_timeout_seconds == 60
