@@ -152,7 +152,7 @@ class CatDogClassifier:
         request_id = headers.get("x-request-id", "")
         request_id = request_id if REQUEST_ID.match(request_id) else os.urandom(16).hex()
         source = headers.get("x-catdog-source", "user").strip().lower()
-        body = Body(request.receive)
+        body = Body(request.receive, SETTINGS.upload_timeout_seconds)
         try:
             if not SOURCE.match(source):
                 detail = f"X-Catdog-Source must match {SOURCE.pattern}, got {source!r}"
