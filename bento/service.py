@@ -36,7 +36,7 @@ from bento.model_store import LocalBentoModel, ModelMissing, model_info, served_
 from bento.schema import CLASSIFY
 from bento.settings import Settings
 from bento.upload import Body, body_limit, check_headers, read_image
-from model_lib.inference_log import InferenceLog, InferenceRecorder
+from model_lib.inference_log import InferenceLog, InferenceRecorder, Retention
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import prepare_header, read_header
 
@@ -96,6 +96,9 @@ class CatDogClassifier:
                 max_pending=SETTINGS.inference_log_queue,
                 on_drop=metrics.LOG_DROPPED.inc,
                 on_error=lambda _exc: metrics.LOG_ERRORS.inc(),
+                retention=Retention(
+                    SETTINGS.inference_log_retention_days, SETTINGS.inference_log_max_rows
+                ),
             )
         log_json(service_log, logging.INFO, event="model_loaded", model=self.model_tag)
 

@@ -71,10 +71,16 @@ def _read_quota(folder: Path, quota_name: str, period_name: str | None) -> float
         return None
 
 
+ZERO_TURNS_OFF = frozenset(
+    {"inference_log_queue", "inference_log_retention_days", "inference_log_max_rows"}
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Each field `name` is set by $CATDOG_<NAME>; every number must be >= 1
-    except `inference_log_queue`, where 0 turns the inference log off."""
+    except those in ZERO_TURNS_OFF (`inference_log_queue`: 0 turns the inference
+    log off; the retention limits: 0 keeps rows forever / any number of rows)."""
 
     model_tag: str = f"{MODEL_NAME}:latest"
     max_upload_bytes: int = 10 * MiB
@@ -106,6 +112,11 @@ class Settings:
     # byte budget for as long as it likes.
     upload_timeout_seconds: int = 60
     inference_log_queue: int = 1024
+    # Inference-log retention (0 turns either off): rows older than this many days,
+    # and all but this many of the newest rows, are deleted by the log's background
+    # thread every few minutes, in small batches (never on a request's path).
+    inference_log_retention_days: int = 30
+    inference_log_max_rows: int = 1_000_000
 
     @classmethod
     def from_env(cls, environ=os.environ) -> Settings:
@@ -122,7 +133,7 @@ class Settings:
                 value = int(raw)
             except ValueError:
                 raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-            minimum = 0 if setting.name == "inference_log_queue" else 1
+            minimum = 0 if setting.name in ZERO_TURNS_OFF else 1
             if value < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {raw!r}")
             values[setting.name] = value
