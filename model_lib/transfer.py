@@ -87,18 +87,17 @@ def _fresh_view(images, labels, batch_size, generator, augment, backbone, cache:
         yield features, targets
 
 
-def fit_transfer(config: TrainConfig, data: PreparedData, prep: Preprocessing, on_progress=None):
+def fit_transfer(
+    config: TrainConfig, data: PreparedData, prep: Preprocessing, outputs: int, on_progress=None
+):
     """Fine-tune the head of a pretrained EfficientNet-Lite0 on `data`.
 
     The stem and all 16 MBConv blocks stay frozen: ImageNet features already
     separate cats from dogs, and training the last block as well was several
     times slower per epoch for no gain (notes/efficientnet.md). Returns (model
-    in eval mode, per-epoch history, validation probabilities). Validation runs
-    the same frozen modules through ONNX Runtime and the head in PyTorch:
-    identical to `model(val_inputs)` up to float rounding (within the export
-    parity tolerance).
+    in eval mode, per-epoch history).
     """
-    model = efficientnet_lite0(num_classes=len(prep.class_names), pretrained=True).eval()
+    model = efficientnet_lite0(num_classes=outputs, pretrained=True).eval()
     # Frozen by construction: only the tail's parameters reach the optimizer, and
     # the frozen part runs outside autograd (ONNX Runtime).
     frozen = nn.Sequential(model.stem, model.blocks)
@@ -125,7 +124,7 @@ def fit_transfer(config: TrainConfig, data: PreparedData, prep: Preprocessing, o
 
     train = pixel_tensors(data.train_pixels, data.train_labels)
     views: list[tuple[torch.Tensor, torch.Tensor]] = []
-    val_features, history, result = None, [], None
+    val_features, history = None, []
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         if epoch <= FRESH_VIEWS:
@@ -141,6 +140,6 @@ def fit_transfer(config: TrainConfig, data: PreparedData, prep: Preprocessing, o
             views.append((torch.cat([f for f, _ in cache]), torch.cat([y for _, y in cache])))
         if val_features is None:  # once; part of epoch 1's time
             val_features = backbone.all(data.val_inputs, config.batch_size)
-        result = evaluate(tail, val_features, data.val_labels)
+        result = evaluate(tail, val_features, data.val_labels, data.pet_classes)
         record_epoch(history, epoch, train_stats, result, started, on_progress)
-    return model.eval(), history, result["probabilities"]
+    return model.eval(), history
