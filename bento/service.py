@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from bento import metrics
-from bento.admission import InFlight
+from bento.admission import DecodeBudget, InFlight
 from bento.batching import MicroBatcher, Overloaded
 from bento.errors import RequestError, as_request_error, error_response, overloaded
 from bento.logs import configure, log_json, log_once, log_request, service_log
@@ -36,9 +36,9 @@ from bento.model_store import LocalBentoModel, ModelMissing, model_info, served_
 from bento.schema import CLASSIFY
 from bento.settings import Settings
 from bento.upload import Body, body_limit, check_headers, read_image
-from model_lib.inference_log import InferenceLog, InferenceRecorder
+from model_lib.inference_log import InferenceLog, InferenceRecorder, Retention
 from model_lib.onnx_model import OnnxClassifier
-from model_lib.preprocess import prepare
+from model_lib.preprocess import prepare_header, read_header
 
 # Read at import: BentoML takes the worker count and the model from the class definition.
 SETTINGS = Settings.from_env()
@@ -63,6 +63,7 @@ class CatDogClassifier:
         self.ready, self.unavailable = False, "the model is loading"
         self.classifier = self.batcher = self.recorder = None
         self.in_flight = InFlight(SETTINGS.max_in_flight, SETTINGS.max_in_flight_bytes)
+        self.decoding = DecodeBudget(SETTINGS.max_decoded_bytes, SETTINGS.decode_wait_seconds)
         self.decode_pool = ThreadPoolExecutor(SETTINGS.decode_threads, thread_name_prefix="decode")
         api.state.service = self
         try:
@@ -95,6 +96,9 @@ class CatDogClassifier:
                 max_pending=SETTINGS.inference_log_queue,
                 on_drop=metrics.LOG_DROPPED.inc,
                 on_error=lambda _exc: metrics.LOG_ERRORS.inc(),
+                retention=Retention(
+                    SETTINGS.inference_log_retention_days, SETTINGS.inference_log_max_rows
+                ),
             )
         log_json(service_log, logging.INFO, event="model_loaded", model=self.model_tag)
 
@@ -108,7 +112,7 @@ class CatDogClassifier:
         gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
         Image.fromarray(gradient).save(buffer, "JPEG")
         try:
-            _, probs = await self.predict(buffer.getvalue())
+            _, probs, _ = await self.predict(buffer.getvalue())
             if probs.shape != (len(self.classifier.class_names),) or abs(probs.sum() - 1) > 1e-4:
                 raise ValueError(f"warm-up returned {probs!r}")
         except Exception as exc:  # noqa: BLE001 - logged once; the service runs unready (503)
@@ -128,15 +132,21 @@ class CatDogClassifier:
     async def __is_ready__(self) -> bool:
         return self.ready
 
-    async def predict(self, payload: bytes) -> tuple[Image.Image, np.ndarray]:
-        """Decoding on the pool (Pillow and NumPy release the GIL), then the batched model."""
-        started = time.perf_counter()
-        image, model_input = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, prepare, payload, self.classifier.preprocessing, SETTINGS.max_pixels
+    async def predict(self, payload: bytes) -> tuple[Image.Image, np.ndarray, tuple]:
+        """Decoding on the pool (Pillow and NumPy release the GIL), within the decode
+        budget reserved from the image's header, then the batched model."""
+        started, loop = time.perf_counter(), asyncio.get_running_loop()
+        prep = self.classifier.preprocessing
+        header = await loop.run_in_executor(
+            self.decode_pool, read_header, payload, SETTINGS.max_pixels, prep.image_size
         )
+        async with self.decoding.reserve(header.cost):
+            image, model_input = await loop.run_in_executor(
+                self.decode_pool, prepare_header, header, prep
+            )
         metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
         try:
-            return image, await self.batcher.predict(model_input)
+            return image, await self.batcher.predict(model_input), header.source_size
         except Overloaded as exc:
             raise overloaded(f"the service is busy ({exc})") from None
 
@@ -145,7 +155,7 @@ class CatDogClassifier:
         request_id = headers.get("x-request-id", "")
         request_id = request_id if REQUEST_ID.match(request_id) else os.urandom(16).hex()
         source = headers.get("x-catdog-source", "user").strip().lower()
-        body = Body(request.receive)
+        body = Body(request.receive, SETTINGS.upload_timeout_seconds)
         try:
             if not SOURCE.match(source):
                 detail = f"X-Catdog-Source must match {SOURCE.pattern}, got {source!r}"
@@ -158,15 +168,16 @@ class CatDogClassifier:
             # Held from the headers on; a chunked body may grow to the whole limit.
             with self.in_flight.hold(form.content_length or form.body_limit):
                 payload = await read_image(form, body, SETTINGS.max_upload_bytes)
-                image, probs = await self.predict(payload)
+                image, probs, source_size = await self.predict(payload)
         except Exception as exc:  # noqa: BLE001 - every failure answers with a JSON error
             error = as_request_error(exc, request_id)
             if error.status in (413, 503) and headers.get("expect", "").lower() != "100-continue":
                 await body.drain(4 * body_limit(SETTINGS.max_upload_bytes))  # a sender reads it
             return error_response(error, request_id, started)
-        return self.answer(probs, image, len(payload), source, request_id, started)
+        return self.answer(probs, image, len(payload), source, request_id, started, source_size)
 
-    def answer(self, probs, image, size: int, source: str, request_id: str, started: float):
+    def answer(self, probs, image, size, source, request_id, started, source_size=None):
+        """`image` as decoded (reduced when large), `source_size` the upload's own size."""
         names = self.classifier.class_names
         label, confidence = names[int(np.argmax(probs))], float(np.max(probs))
         metrics.PREDICTIONS.labels(label).inc()
@@ -177,7 +188,8 @@ class CatDogClassifier:
                 "model_version": self.model_info["version"],
             }
             record = dict(request_id=request_id, source=source, label=label, confidence=confidence)
-            self.recorder.submit(image, size, {**record, **model, "timestamp": time.time()})
+            record |= {**model, "timestamp": time.time()}
+            self.recorder.submit(image, size, record, source_size=source_size)
         log_request(
             request_id, 200, started, source=source, label=label, confidence=round(confidence, 4)
         )

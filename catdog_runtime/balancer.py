@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import grp
 import io
 import json
+import os
+import pwd
 import socket
 import sys
 import time
@@ -105,11 +108,35 @@ def render(replicas: list[Replica]) -> str:
     return Template(TEMPLATE.read_text()).substitute(
         socket=socket_path(),
         port=services.ports().bento_port,
+        platform_port=platform_port(),
+        client_rate=services.settings().lb_client_rate,
+        client_conns=services.settings().lb_client_conns,
+        run_as=run_as(),
         bufsize=services.settings().lb_bufsize,
         maxconn=services.settings().lb_maxconn,
         monitor_uri=services.BALANCER_MONITOR_URI,
         servers="\n".join(f"    {_server_line(r)}" for r in replicas),
     )
+
+
+def run_as() -> str:
+    """HAProxy's `user`/`group` lines when started as root: `haproxy` (Debian's
+    package creates it), else `nobody`. Empty for anyone else (HAProxy can only
+    drop privileges it has)."""
+    if os.geteuid() != 0:
+        return ""
+    for name in ("haproxy", "nobody"):
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return f"    user {user.pw_name}\n    group {grp.getgrgid(user.pw_gid).gr_name}"
+    raise BalancerError("started as root, and neither user haproxy nor nobody exists")
+
+
+def platform_port() -> int:
+    """HAProxy's second, local-only frontend for the platform's own traffic."""
+    return services.settings().platform_port or services.ports().bento_port + 1
 
 
 @contextmanager

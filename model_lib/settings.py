@@ -17,6 +17,7 @@ fails when they differ: `python -m model_lib.settings` prints it).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -36,11 +37,62 @@ PREFIX = "CATDOG_"
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("environ", default=None)
 
 
-def available_cpus() -> int:
+def available_cpus(cgroup_root="/sys/fs/cgroup", proc_self="/proc/self") -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota.
+
+    In a container (Kubernetes `resources.limits.cpu`, `docker --cpus`) the
+    affinity is the whole node; the quota is what the process really gets."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(Path(cgroup_root), Path(proc_self))
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(root: Path, proc_self: Path) -> float | None:
+    """CPUs allowed by the tightest CFS quota on this process's cgroup or its
+    ancestors (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`), None without one."""
+    try:
+        lines = (proc_self / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: "0::/path"
+            base, names = root, [("cpu.max", None)]
+        elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/path"
+            base = next((root / n for n in ("cpu", "cpu,cpuacct") if (root / n).is_dir()), None)
+            names = [("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+            if base is None:
+                continue
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        for here in (folder, *folder.parents):
+            if not here.is_relative_to(base):
+                break
+            for quota_name, period_name in names:
+                quotas.append(_read_quota(here, quota_name, period_name))
+    quotas = [q for q in quotas if q is not None]
+    return min(quotas) if quotas else None
+
+
+def _read_quota(folder: Path, quota_name: str, period_name: str | None) -> float | None:
+    try:
+        if period_name is None:  # v2: "max 100000" or "150000 100000"
+            quota, period = (folder / quota_name).read_text().split()[:2]
+        else:
+            quota = (folder / quota_name).read_text().strip()
+            period = (folder / period_name).read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 class _MappingSource(EnvSettingsSource):
@@ -130,8 +182,32 @@ class ServiceSettings(Part):
     max_in_flight_bytes: int = doc(
         "bytes of the uploads in progress per worker (503 beyond)", default=64 * MiB, ge=1
     )
+    # Reserved from each image's header before a pixel is decoded (the decoded image
+    # plus one working copy: model_lib.preprocess.Header.cost).
+    max_decoded_bytes: int = doc(
+        "bytes one worker's images may take while they decode", default=256 * MiB, ge=1
+    )
+    decode_wait_seconds: int = doc(
+        "seconds a request waits for decode room, then 503", default=10, ge=1
+    )
+    # A client trickling a 10 MB body would otherwise hold its share of the byte budget.
+    upload_timeout_seconds: int = doc(
+        "seconds the whole body may take to arrive after the headers (408 beyond)",
+        default=60,
+        ge=1,
+    )
     inference_log_queue: int = doc(
         "records waiting for their statistics (0 turns the inference log off)", default=1024, ge=0
+    )
+    inference_log_retention_days: int = doc(
+        "inference-log rows older than this are deleted in the background (0: kept)",
+        default=30,
+        ge=0,
+    )
+    inference_log_max_rows: int = doc(
+        "all but this many of the newest inference-log rows are deleted (0: no limit)",
+        default=1_000_000,
+        ge=0,
     )
     neither_threshold: float | None = doc(
         "overrides the 'neither cat nor dog' threshold stored with the model",
@@ -155,7 +231,7 @@ class PlatformSettings(Part):
     work_pool: str = doc("the process work pool the worker serves", default="local")
     service_url: str | None = doc(
         "where clients and `evaluate/scheduled` send photos",
-        shown="http://127.0.0.1:$BENTO_PORT",
+        shown="http://127.0.0.1:$CATDOG_PLATFORM_PORT",
         default=None,
     )
     inference_log: str | None = doc(
@@ -172,6 +248,17 @@ class PlatformSettings(Part):
     run_timeout: int = doc("seconds a make target waits for its run to end", default=7200, ge=1)
     api_patience: int = doc(
         "seconds a Prefect API call that times out or answers 5xx is retried", default=300, ge=1
+    )
+    platform_port: int | None = doc(
+        "HAProxy's 127.0.0.1 frontend for the platform's own traffic (keeps X-Catdog-Source)",
+        shown="$BENTO_PORT + 1",
+        default=None,
+    )
+    lb_client_rate: int = doc(
+        "requests per client per 10 s on the public frontend (429 beyond)", default=2000, ge=1
+    )
+    lb_client_conns: int = doc(
+        "connections per client on the public frontend (429 beyond)", default=64, ge=1
     )
     lb_bufsize: int = doc("HAProxy's buffer size (bytes)", default=131072, ge=1)
     lb_maxconn: int = doc("HAProxy's connection limit", default=512, ge=1)
@@ -206,6 +293,10 @@ class LoopSettings(Part):
     )
     data_dir: Path = doc("where `ingest/labelled` adds photos", default=Path("data"))
     dvc_remote: str = doc("the DVC remote ingest pushes to", default="catdog-local")
+    test_ingest_kill_at: str | None = doc(
+        "fault-injection tests only: the ingest step at which ingest SIGKILLs itself",
+        default=None,
+    )
     loop_screenshots: Path | None = doc(
         "folder where tests/integration/test_loop.py saves the UI's automations page",
         default=None,

@@ -1,6 +1,7 @@
 """The one settings object (model_lib.settings), the service's part (bento.settings), and
 where they are documented (README's table, scripts/env.sh's defaults)."""
 
+import math
 import re
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from bento.settings import Settings, available_cpus
 from catdog_runtime.processes import ROOT
 from model_lib import settings as catalog
+from model_lib.settings import cgroup_cpu_quota
 
 
 def test_defaults_without_environment():
@@ -86,3 +88,50 @@ def test_every_catdog_variable_in_the_code_is_declared():
                 used |= set(re.findall(r"\bCATDOG_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
     used |= set(re.findall(r"\bCATDOG_[A-Z0-9_]*[A-Z0-9]\b", (ROOT / "prefect.yaml").read_text()))
     assert sorted(used - set(catalog.catdog_variables())) == []
+
+
+def cgroup(tmp_path, proc_line: str, files: dict) -> tuple:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cgroup").write_text(proc_line + "\n")
+    for name, text in files.items():
+        path = tmp_path / "cg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path / "cg", tmp_path / "proc"
+
+
+@pytest.mark.parametrize(
+    "proc_line, files, expected",
+    [
+        ("0::/kubepods/pod1/c1", {"kubepods/pod1/c1/cpu.max": "150000 100000\n"}, 1.5),
+        ("0::/kubepods/pod1/c1", {"kubepods/pod1/c1/cpu.max": "max 100000\n"}, None),
+        # the tightest quota on the way up counts (a pod limit above its container)
+        ("0::/pod/c", {"pod/cpu.max": "100000 100000", "pod/c/cpu.max": "max 100000"}, 1.0),
+        (
+            "4:cpu,cpuacct:/docker/abc",
+            {
+                "cpu/docker/abc/cpu.cfs_quota_us": "50000",
+                "cpu/docker/abc/cpu.cfs_period_us": "100000",
+            },
+            0.5,
+        ),
+        (
+            "4:cpu,cpuacct:/",
+            {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"},
+            None,
+        ),
+        ("0::/", {}, None),
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_in_v1_and_v2(tmp_path, proc_line, files, expected):
+    root, proc = cgroup(tmp_path, proc_line, files)
+    assert cgroup_cpu_quota(root, proc) == expected
+    if expected is not None:  # a fraction of a CPU still gets one thread
+        assert available_cpus(root, proc) == min(available_cpus(), max(1, math.ceil(expected)))
+
+
+def test_new_limits_have_their_defaults():
+    settings = Settings()
+    assert settings.max_pixels == 16_000_000
+    assert settings.max_decoded_bytes == 256 * 1024 * 1024
+    assert settings.decode_wait_seconds == 10 and settings.upload_timeout_seconds == 60
