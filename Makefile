@@ -3,8 +3,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PYTHON ?= python3.11
 ENV := . scripts/env.sh &&
-# A deployment run through the worker, its logs streamed, bounded waits (scripts/run_deployment.py).
-RUN := $(ENV) python scripts/run_deployment.py
+# A deployment run through the worker, its logs streamed, bounded waits (catdog_runtime.run_deployment).
+RUN := $(ENV) python -m catdog_runtime.run_deployment
 VENV_STAMP := .venv/.installed
 IMAGE ?= catdog-classifier:latest
 # Started by the platform's own scripts (never as system services): the balancer,
@@ -26,7 +26,7 @@ all: setup up  ## the main job, end to end (see README)
 	CATDOG_LOOP=off $(MAKE) --no-print-directory deploy
 	$(MAKE) --no-print-directory train train-transfer package serve
 	$(MAKE) --no-print-directory deploy
-	$(ENV) python scripts/traffic.py --count 60
+	$(ENV) python -m catdog_runtime.traffic --count 60
 	@$(MAKE) --no-print-directory urls
 
 $(VENV_STAMP): requirements.lock pyproject.toml scripts/install.sh
@@ -43,13 +43,14 @@ data: $(VENV_STAMP)  ## dvc pull data/ and test_images/ from the DVC remote
 	.venv/bin/dvc status --quiet
 
 up: $(VENV_STAMP)  ## start MLflow, Prefect server and worker in the background (idempotent; PROFILE=scale: PostgreSQL, 2 workers, Prometheus)
-	$(ENV) python scripts/services.py up
+	$(ENV) python -m catdog_runtime.services up
 
 down:  ## stop every background service (only processes this platform started)
-	$(ENV) $(PYTHON) scripts/services.py down
+	@# Without a venv nothing of this platform can have been started.
+	if [ -x .venv/bin/python ]; then $(ENV) python -m catdog_runtime.services down; fi
 
-status:  ## which services run
-	$(ENV) $(PYTHON) scripts/services.py status
+status: $(VENV_STAMP)  ## which services run
+	$(ENV) python -m catdog_runtime.services status
 
 deploy: $(VENV_STAMP)  ## register every deployment of prefect.yaml with the Prefect server
 	$(ENV) prefect --no-prompt deploy --all
@@ -63,8 +64,8 @@ train-transfer: $(VENV_STAMP)  ## run train/transfer: EfficientNet-Lite2, ImageN
 train-lite0: $(VENV_STAMP)  ## run train/efficientnet-lite0: the cheaper transfer model
 	$(RUN) train/efficientnet-lite0
 
-train-small: $(VENV_STAMP)  ## a quick real model (CI): EfficientNet-Lite0 head on 20% of the data
-	$(RUN) train/efficientnet-lite0 --params '{"config": {"architecture": "efficientnet_lite0", "data_fraction": 0.2, "epochs": 4, "learning_rate": 0.003}}'
+train-small: $(VENV_STAMP)  ## a quick real model (CI): train/small, EfficientNet-Lite0 on 20% of the data
+	$(RUN) train/small
 
 package: $(VENV_STAMP)  ## champion -> BentoML model store -> bento (Prefect flow `package`)
 	$(RUN) package/champion
@@ -77,10 +78,10 @@ rollback: $(VENV_STAMP)  ## put the previous production version back (deploy/rol
 	$(RUN) deploy/rollback
 
 serving: $(VENV_STAMP)  ## which replicas serve behind the balancer, with their HAProxy state
-	$(ENV) python scripts/balancer.py status
+	$(ENV) python -m catdog_runtime.balancer status
 
 traffic: $(VENV_STAMP)  ## send test photos to the service (SHIFT=darker|blurred|grayscale|resized)
-	$(ENV) python scripts/traffic.py --count $${COUNT:-100} --shift $${SHIFT:-none}
+	$(ENV) python -m catdog_runtime.traffic --count $${COUNT:-100} --shift $${SHIFT:-none}
 
 evaluate: $(VENV_STAMP)  ## run the evaluation flow now (it also runs every 15 min)
 	$(RUN) evaluate/scheduled
@@ -104,7 +105,7 @@ ingest: $(VENV_STAMP)  ## add FOLDER=<dir with cat/ and dog/> as a new DVC data 
 	$(RUN) ingest/labelled --params "{\"folder\": \"$$(realpath "$$FOLDER")\"}"
 
 loop-demo: $(VENV_STAMP) dvc-remote  ## on the running platform: ingest a batch, shifted traffic, drift alarm, watch the loop
-	$(ENV) python scripts/loop_demo.py
+	$(ENV) python -m catdog_runtime.loop_demo
 
 containerize: $(VENV_STAMP)  ## OCI image of the latest bento (buildah + local base image without Docker)
 	scripts/container/containerize.sh catdog-classifier:latest $(IMAGE)
@@ -129,7 +130,7 @@ bench-platform: $(VENV_STAMP)  ## CPU of each service idle, and training speed w
 
 screenshots: $(VENV_STAMP)  ## README screenshots of the running platform (headless Chromium; LOOP=1: the loop's pages)
 	command -v chromium >/dev/null || apt-get install -y -q chromium
-	$(ENV) python scripts/screenshots.py $(if $(LOOP),--loop)
+	$(ENV) python -m catdog_runtime.screenshots $(if $(LOOP),--loop)
 
 urls:  ## where everything is, and how to stop it
 	@. scripts/env.sh; echo; echo "Platform is up:"; \
@@ -145,9 +146,9 @@ tools:  ## Debian packages the platform and its tests run, when missing (HAProxy
 	scripts/debian_packages.sh $(DEBIAN_PACKAGES)
 
 test: setup tools  ## every tier below (the integration ones start real servers)
-	.venv/bin/pytest -v
+	.venv/bin/pytest -v --durations=25
 
-test-unit: $(VENV_STAMP) tools  ## no data, no training, no servers: passes before `make data`
+test-unit: $(VENV_STAMP)  ## pure: no data, no processes, no network, no installs (passes before `make data`)
 	.venv/bin/pytest tests/unit
 
 test-data: $(VENV_STAMP)  ## tests of and on the DVC-pulled photos (needs `make data`)
@@ -159,9 +160,10 @@ test-model: $(VENV_STAMP)  ## train, export and quantize small models (weights c
 test-integration: $(VENV_STAMP) tools  ## real MLflow, Prefect and BentoML servers over HTTP (minutes)
 	.venv/bin/pytest tests/integration
 
-lint: $(VENV_STAMP)  ## ruff lint + format check
+lint: $(VENV_STAMP)  ## ruff lint + format check, and the layer contracts ([tool.importlinter])
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
 
 format: $(VENV_STAMP)  ## ruff: fix lint findings and format
 	.venv/bin/ruff check --fix .

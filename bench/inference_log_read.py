@@ -6,7 +6,7 @@ must skip). Rounds alternate between the stores and time
 `InferenceLog.read(since=now - 1 h)`, exactly the call of the flow's
 `recent_inferences` task; the drift report on that frame is timed once for
 scale. The PostgreSQL cluster is started here by the platform's own code
-(scripts/services.py), unless --pg-url names a database.
+(catdog_runtime.services), unless --pg-url names a database.
 
     . scripts/env.sh && python -m bench.inference_log_read --window 10000 --repeat 5
 """
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.pg_url:
             pg_url = args.pg_url
         else:
-            from tests.integration.postgres import postgres_cluster
+            from catdog_runtime.postgres import postgres_cluster
 
             pg_url = stack.enter_context(postgres_cluster()) + "/catdog"
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="catdog-bench-")))

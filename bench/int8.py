@@ -18,8 +18,8 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from bench.servers import ROOT
 from bench.serving import raw_ceiling
+from catdog_runtime.processes import ROOT
 from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
 from model_lib.quantize import INT8_ARTIFACT_PATH
 

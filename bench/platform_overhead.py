@@ -12,7 +12,7 @@
    each ratio compares runs seconds apart; the services' CPU during the
    "running" runs is reported too.
 
-It stops and starts the platform of $CATDOG_RUN_DIR itself (scripts/services.py),
+It stops and starts the platform of $CATDOG_RUN_DIR itself (catdog_runtime.services),
 and leaves it running at the end. CPU seconds of a service hardly depend on other
 load; the training ratio does: read it with the load average it prints.
 """
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from scripts import services
+from catdog_runtime import services
 
 TRAIN_SNIPPET = """
 import sys, time, torch

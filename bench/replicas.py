@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.servers import ROOT
 from bench.serving import run_wrk
-from scripts import balancer, services
+from catdog_runtime import balancer, services
+from catdog_runtime.processes import ROOT
 
 
 def set_weights(replicas: list[balancer.Replica], weight: int) -> None:

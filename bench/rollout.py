@@ -117,9 +117,9 @@ def phase(records: list[Record], start: float, end: float) -> dict:
 
 
 def run_flow(name: str, params: dict | None = None) -> tuple[bool, float]:
-    """A deployment through the worker (scripts/run_deployment.py); (completed, seconds)."""
+    """A deployment through the worker (catdog_runtime.run_deployment); (completed, seconds)."""
     started = time.monotonic()
-    args = [sys.executable, str(ROOT / "scripts" / "run_deployment.py"), name]
+    args = [sys.executable, "-m", "catdog_runtime.run_deployment", name]
     if params:
         args += ["--params", json.dumps(params)]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -155,7 +155,7 @@ def scenario(title: str, url: str, settle: float, action) -> dict:
 
 
 def kill_one_replica() -> dict:
-    from scripts import balancer, services
+    from catdog_runtime import balancer, services
 
     replicas = balancer.load()
     if len(replicas) < 2:

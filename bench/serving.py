@@ -49,7 +49,7 @@ from pathlib import Path
 import bentoml
 import httpx
 
-from bench.servers import BIN, ROOT, Server, free_port
+from catdog_runtime.processes import BIN, ROOT, Server, free_port
 from model_lib.client import Answer, classify, classify_all, metric_samples, metric_total
 from model_lib.config import MODEL_NAME
 from model_lib.inference_log import BENCHMARK_SOURCE

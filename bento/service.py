@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from bento import metrics
-from bento.admission import InFlight
+from bento.admission import DecodeBudget, InFlight
 from bento.answers import answer, served_rule
 from bento.batching import MicroBatcher, Overloaded
 from bento.errors import RequestError, as_request_error, error_response, overloaded
@@ -40,9 +40,9 @@ from bento.model_store import LocalBentoModel, ModelMissing, model_info, served_
 from bento.schema import CLASSIFY
 from bento.settings import Settings
 from bento.upload import Body, body_limit, check_headers, read_image
-from model_lib.inference_log import InferenceLog, InferenceRecorder
+from model_lib.inference_log import InferenceLog, InferenceRecorder, Retention
 from model_lib.onnx_model import OnnxClassifier
-from model_lib.preprocess import prepare
+from model_lib.preprocess import prepare_header, read_header
 
 # Read at import: BentoML takes the worker count and the model from the class definition.
 SETTINGS = Settings.from_env()
@@ -67,6 +67,7 @@ class CatDogClassifier:
         self.ready, self.unavailable = False, "the model is loading"
         self.classifier = self.batcher = self.recorder = self.decision = None
         self.in_flight = InFlight(SETTINGS.max_in_flight, SETTINGS.max_in_flight_bytes)
+        self.decoding = DecodeBudget(SETTINGS.max_decoded_bytes, SETTINGS.decode_wait_seconds)
         self.decode_pool = ThreadPoolExecutor(SETTINGS.decode_threads, thread_name_prefix="decode")
         api.state.service = self
         try:
@@ -82,12 +83,13 @@ class CatDogClassifier:
             self.unavailable = str(exc)
             return log_once("model_missing", self.unavailable)
         self.classifier = OnnxClassifier(stored.path_of("model.onnx"), SETTINGS.ort_threads)
-        names = self.classifier.preprocessing.class_names  # what packaging wrote in the store
+        names = self.classifier.class_names  # the outputs, as packaging wrote them in the store
         if tuple(stored.info.metadata.get("class_names", names)) != names:
             raise ValueError(f"the store's class names are not the ONNX file's {names}")
         self.decision, warning = served_rule(self.classifier.decision, SETTINGS.neither_threshold)
-        if self.decision.pets != names:
-            raise ValueError(f"the model's outputs {self.decision.outputs} do not match {names}")
+        pets = self.classifier.preprocessing.class_names
+        if self.decision.pets != pets:
+            raise ValueError(f"the model's outputs {self.decision.outputs} do not match {pets}")
         if warning:
             log_once("threshold_ignored", warning)
         for label in self.decision.outputs:  # every label's series exists from the start, at 0
@@ -106,6 +108,9 @@ class CatDogClassifier:
                 max_pending=SETTINGS.inference_log_queue,
                 on_drop=metrics.LOG_DROPPED.inc,
                 on_error=lambda _exc: metrics.LOG_ERRORS.inc(),
+                retention=Retention(
+                    SETTINGS.inference_log_retention_days, SETTINGS.inference_log_max_rows
+                ),
             )
         log_json(
             service_log,
@@ -127,7 +132,7 @@ class CatDogClassifier:
         gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
         Image.fromarray(gradient).save(buffer, "JPEG")
         try:
-            _, probs = await self.predict(buffer.getvalue())
+            _, probs, _ = await self.predict(buffer.getvalue())
             outputs = self.decision.outputs
             if probs.shape != (len(outputs),) or not np.isfinite(probs).all():
                 raise ValueError(f"warm-up returned {probs!r} for the outputs {outputs}")
@@ -153,15 +158,21 @@ class CatDogClassifier:
     async def __is_ready__(self) -> bool:
         return self.ready
 
-    async def predict(self, payload: bytes) -> tuple[Image.Image, np.ndarray]:
-        """Decoding on the pool (Pillow and NumPy release the GIL), then the batched model."""
-        started = time.perf_counter()
-        image, model_input = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, prepare, payload, self.classifier.preprocessing, SETTINGS.max_pixels
+    async def predict(self, payload: bytes) -> tuple[Image.Image, np.ndarray, tuple]:
+        """Decoding on the pool (Pillow and NumPy release the GIL), within the decode
+        budget reserved from the image's header, then the batched model."""
+        started, loop = time.perf_counter(), asyncio.get_running_loop()
+        prep = self.classifier.preprocessing
+        header = await loop.run_in_executor(
+            self.decode_pool, read_header, payload, SETTINGS.max_pixels, prep.image_size
         )
+        async with self.decoding.reserve(header.cost):
+            image, model_input = await loop.run_in_executor(
+                self.decode_pool, prepare_header, header, prep
+            )
         metrics.PREPROCESS_SECONDS.observe(time.perf_counter() - started)
         try:
-            return image, await self.batcher.predict(model_input)
+            return image, await self.batcher.predict(model_input), header.source_size
         except Overloaded as exc:
             raise overloaded(f"the service is busy ({exc})") from None
 
@@ -170,7 +181,7 @@ class CatDogClassifier:
         request_id = headers.get("x-request-id", "")
         request_id = request_id if REQUEST_ID.match(request_id) else os.urandom(16).hex()
         source = headers.get("x-catdog-source", "user").strip().lower()
-        body = Body(request.receive)
+        body = Body(request.receive, SETTINGS.upload_timeout_seconds)
         try:
             if not SOURCE.match(source):
                 detail = f"X-Catdog-Source must match {SOURCE.pattern}, got {source!r}"
@@ -183,16 +194,17 @@ class CatDogClassifier:
             # Held from the headers on; a chunked body may grow to the whole limit.
             with self.in_flight.hold(form.content_length or form.body_limit):
                 payload = await read_image(form, body, SETTINGS.max_upload_bytes)
-                image, probs = await self.predict(payload)
+                image, probs, source_size = await self.predict(payload)
         except Exception as exc:  # noqa: BLE001 - every failure answers with a JSON error
             error = as_request_error(exc, request_id)
             if error.status in (413, 503) and headers.get("expect", "").lower() != "100-continue":
                 await body.drain(4 * body_limit(SETTINGS.max_upload_bytes))  # a sender reads it
             return error_response(error, request_id, started)
-        return self.respond(probs, image, len(payload), source, request_id, started)
+        return self.respond(probs, image, len(payload), source, request_id, started, source_size)
 
-    def respond(self, probs, image, size: int, source: str, request_id: str, started: float):
-        # The batcher returns calibrated probabilities over the outputs; the rule decides.
+    def respond(self, probs, image, size, source, request_id, started, source_size=None):
+        """`image` as decoded (reduced when large), `source_size` the upload's own size.
+        The batcher returns calibrated probabilities over the outputs; the rule decides."""
         body = answer(self.decision, probs)
         label, confidence = body["label"], body["confidence"]
         metrics.PREDICTIONS.labels(label).inc()
@@ -204,7 +216,8 @@ class CatDogClassifier:
                 "model_version": self.model_info["version"],
             }
             record = dict(request_id=request_id, source=source, label=label, confidence=confidence)
-            self.recorder.submit(image, size, {**record, **model, "timestamp": time.time()})
+            record |= {**model, "timestamp": time.time()}
+            self.recorder.submit(image, size, record, source_size=source_size)
         log_request(
             request_id,
             200,

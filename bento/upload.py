@@ -10,6 +10,8 @@ underneath.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -81,17 +83,41 @@ def check_headers(headers: Mapping[str, str], max_upload: int) -> FormHeaders:
     return FormHeaders(boundary, length, limit)
 
 
-class Body:
-    """The request body as chunks, straight from ASGI `receive`, with a byte count."""
+def upload_timeout(seconds: float, received: int) -> RequestError:
+    return RequestError(
+        408,
+        "upload_timeout",
+        f"the upload did not arrive within {seconds:g} s ({received} bytes received; "
+        "CATDOG_UPLOAD_TIMEOUT_SECONDS): send it again over a faster connection",
+        {"Connection": "close"},
+    )
 
-    def __init__(self, receive: Receive):
+
+class Body:
+    """The request body as chunks, straight from ASGI `receive`, with a byte count.
+
+    The whole body must arrive within `timeout` seconds of the Body's creation (when
+    the headers are in): else RequestError 408, so that a client trickling its body
+    cannot hold its share of the in-flight byte budget for long."""
+
+    def __init__(self, receive: Receive, timeout: float | None = None):
         self._receive = receive
         self.received = 0
         self.finished = False
+        self.timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+
+    async def _next(self) -> dict:
+        if self._deadline is None:
+            return await self._receive()
+        try:
+            return await asyncio.wait_for(self._receive(), self._deadline - time.monotonic())
+        except TimeoutError:
+            raise upload_timeout(self.timeout, self.received) from None
 
     async def chunks(self):
         while not self.finished:
-            message = await self._receive()
+            message = await self._next()
             if message["type"] == "http.disconnect":
                 raise RequestError(400, "client_disconnected", "the client went away mid-upload")
             chunk = message.get("body", b"")
@@ -103,11 +129,15 @@ class Body:
     async def drain(self, budget: int) -> None:
         """Read and discard up to `budget` more bytes, so that a client still sending
         its body reads our answer rather than a reset connection. A bigger body is
-        not read: the server closes the connection after answering."""
-        async for chunk in self.chunks():
-            budget -= len(chunk)
-            if budget <= 0:
-                return
+        not read: the server closes the connection after answering; nor is a body that
+        stops arriving (the upload deadline) or a client that went away."""
+        try:
+            async for chunk in self.chunks():
+                budget -= len(chunk)
+                if budget <= 0:
+                    return
+        except RequestError:
+            return
 
 
 class _Form:

@@ -14,7 +14,7 @@ Deployments (prefect.yaml):
   that version served users before.
 
 The first deployment (nothing serving) is judged against `min_accuracy` alone.
-Process and HAProxy control: scripts/balancer.py; the verdict: model_lib.rollout.
+Process and HAProxy control: catdog_runtime.balancer; the verdict: model_lib.rollout.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ from __future__ import annotations
 import time
 
 import bentoml
-import httpx
 from bentoml.exceptions import NotFound
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.events import emit_event
 
+from catdog_runtime import balancer
+from flows import events
 from model_lib import monitoring
+from model_lib.client import metrics_window
+from model_lib.config import MODEL_NAME
 from model_lib.rollout import (
     Evidence,
     RolloutConfig,
@@ -37,13 +39,10 @@ from model_lib.rollout import (
     Window,
     canary_weights,
     judge,
-    parse_metrics,
 )
 from model_lib.tracking import ensure_tracking_server, version_by_alias
-from scripts import balancer
 
 PRODUCTION_ALIAS = "production"
-MODEL_NAME = "catdog-classifier"
 
 
 class RolloutRejected(RuntimeError):
@@ -70,22 +69,7 @@ def start_replicas(bento_tag: str, count: int) -> list[balancer.Replica]:
 @task
 def read_metrics(replicas: list[balancer.Replica]) -> Window:
     """The /classify counts of `replicas`, summed."""
-    total = Window()
-    for replica in replicas:
-        window = parse_metrics(httpx.get(f"{replica.url}/metrics", timeout=30).text)
-        total = Window(
-            total.requests + window.requests,
-            total.server_errors + window.server_errors,
-            _add_buckets(total.buckets, window.buckets),
-        )
-    return total
-
-
-def _add_buckets(a, b):
-    sums = dict(a)
-    for le, count in b:
-        sums[le] = sums.get(le, 0.0) + count
-    return tuple(sorted(sums.items()))
+    return metrics_window([replica.url for replica in replicas])
 
 
 @task
@@ -138,13 +122,11 @@ def record(
 
 
 def _emit(name: str, model_name: str, version: str | None, bento_tag: str, reason: str, **extra):
-    emit_event(
-        event=f"catdog.rollout.{name}",
-        resource={"prefect.resource.id": f"catdog.model.{model_name}.{version or 'unknown'}"},
-        related=[
-            {"prefect.resource.id": f"catdog.bento.{bento_tag}", "prefect.resource.role": "bento"}
-        ],
-        payload={"reason": reason, "bento_tag": bento_tag, **extra},
+    events.emit(
+        name,
+        events.model_resource(model_name, version or "unknown"),
+        {"reason": reason, "bento_tag": bento_tag, **extra},
+        related=[events.bento_resource(bento_tag)],
     )
 
 
@@ -199,12 +181,19 @@ def rollout(
         if verdict.promote:
             promote(candidates, stable)
             record(model_name, version, bento_tag, "completed", verdict.reason, True)
-            _emit("completed", model_name, version, bento_tag, verdict.reason, **verdict.figures)
+            _emit(
+                events.ROLLOUT_COMPLETED,
+                model_name,
+                version,
+                bento_tag,
+                verdict.reason,
+                **verdict.figures,
+            )
             _summary(bento_tag, verdict, "promoted")
             return bento_tag
         withdraw(candidates)
         record(model_name, version, bento_tag, "rolled-back", verdict.reason, False)
-        _emit("rolled-back", model_name, version, bento_tag, verdict.reason, **verdict.figures)
+        _emit(events.ROLLED_BACK, model_name, version, bento_tag, verdict.reason, **verdict.figures)
         _summary(bento_tag, verdict, "rolled back")
         raise RolloutRejected(f"{bento_tag} rolled back: {verdict.reason}")
 
@@ -270,7 +259,7 @@ def rollback(model_name: str = MODEL_NAME, replicas: int | None = None) -> str:
     client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, previous)
     client.set_model_version_tag(model_name, current.version, "rollout_outcome", "rolled-back")
     client.set_model_version_tag(model_name, current.version, "rollout_reason", reason)
-    _emit("rolled-back", model_name, current.version, bento_tag, reason, restored=previous)
+    _emit(events.ROLLED_BACK, model_name, current.version, bento_tag, reason, restored=previous)
     return bento_tag
 
 

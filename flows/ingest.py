@@ -26,6 +26,8 @@ def ingest_labelled(
     data_root = data_root or os.environ.get("CATDOG_DATA_DIR", "data")
     dvc_remote = dvc_remote or os.environ.get("CATDOG_DVC_REMOTE") or None
     report = ingest(folder, data_root, dvc_remote)
+    if report.recovered:
+        logger.warning("an earlier ingest was interrupted: %s", report.recovered)
     for bad in report.rejected:
         logger.warning("rejected %s: %s", bad["file"], bad["reason"])
     for dup in report.duplicates:

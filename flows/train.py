@@ -1,7 +1,8 @@
 """Prefect flow `train`: validate data, train, log to MLflow, register, gate the champion.
 
 Thin adapter over model_lib (`pipeline.train` does the work); deployments
-`train/baseline` and `train/efficientnet-lite0` in prefect.yaml set the config.
+`train/baseline`, `train/transfer` (the default transfer model), `train/efficientnet-lite0`,
+`train/small` and `train/retrain` in prefect.yaml set the config.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one HTTP client of the service: POST /classify, /readyz and /metrics.
 
 Used by the evaluation flow (`monitoring`), the traffic generator
-(`traffic`, scripts/traffic.py) and the benchmark (bench/serving.py).
+(`traffic`, catdog_runtime.traffic) and the benchmark (bench/serving.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from model_lib.rollout import Window, parse_metrics
 
 
 class ServiceDown(RuntimeError):
@@ -88,6 +90,14 @@ def classify_all(
             return await asyncio.gather(*(one(name, payload) for name, payload in photos))
 
     return asyncio.run(run())
+
+
+def metrics_window(urls: list[str], timeout: float = 30) -> Window:
+    """The /classify counts of these replicas' /metrics, summed (model_lib.rollout.Window)."""
+    total = Window()
+    for url in urls:
+        total = total + parse_metrics(httpx.get(f"{url.rstrip('/')}/metrics", timeout=timeout).text)
+    return total
 
 
 def metric_samples(url: str) -> dict[tuple[str, tuple], float]:

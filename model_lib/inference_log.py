@@ -30,6 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -114,6 +115,49 @@ def _timestamp(value) -> float:
     return float(value)
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How much of the log is kept: rows younger than `max_age_days` and at most
+    `max_rows` of the newest (0 turns either off). Enforced by `InferenceLog.prune`,
+    which the recorder's background thread calls every `every_seconds`."""
+
+    max_age_days: float = 30
+    max_rows: int = 1_000_000
+    every_seconds: float = 300
+    batch: int = 5000  # rows deleted per statement: writers wait at most one batch
+
+
+def _prune(execute, retention: Retention, now: float, placeholder: str) -> int:
+    """Delete what `retention` does not keep, `batch` rows per statement (each its
+    own transaction, so a writer from another process waits one short batch, never
+    the whole clean-up). `execute(sql, params)` returns the rows affected."""
+    deleted = 0
+    limit = retention.batch
+    if retention.max_age_days > 0:
+        cutoff = now - retention.max_age_days * 86400
+        while True:
+            count = execute(
+                f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} "
+                f"WHERE timestamp < {placeholder} ORDER BY id LIMIT {limit})",
+                (cutoff,),
+            )
+            deleted += count
+            if count < limit:
+                break
+    if retention.max_rows > 0:
+        while True:
+            count = execute(
+                f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} WHERE id <= "
+                f"(SELECT id FROM {TABLE} ORDER BY id DESC LIMIT 1 OFFSET {placeholder}) "
+                f"ORDER BY id LIMIT {limit})",
+                (retention.max_rows,),
+            )
+            deleted += count
+            if count < limit:
+                break
+    return deleted
+
+
 class InferenceLog:
     """Append-only SQLite store of per-request records.
 
@@ -142,7 +186,7 @@ class InferenceLog:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # With WAL, NORMAL never corrupts the file and survives a crash of the
         # process; only a power cut can lose the last commits. It saves an fsync
-        # per commit (2.5 ms -> 0.1 ms per commit measured here).
+        # per commit.
         connection.execute("PRAGMA synchronous = NORMAL")
         return connection
 
@@ -221,6 +265,23 @@ class InferenceLog:
                 )
         return len(rows)
 
+    def prune(self, retention: Retention, now: float | None = None) -> int:
+        """Delete rows older than the retention's age or beyond its row count (oldest
+        first); returns how many. A log that does not exist yet is not created."""
+        if not self.path.exists():
+            return 0
+
+        def execute(sql, params):
+            with self._writer:
+                return self._writer.execute(sql, params).rowcount
+
+        with self._lock:
+            if self._writer is None:
+                connection = self._connect()
+                self._ensure_schema(connection)
+                self._writer = connection
+            return _prune(execute, retention, time.time() if now is None else now, "?")
+
     def close(self) -> None:
         """Close the writing connection (appending again reopens it)."""
         with self._lock:
@@ -249,6 +310,13 @@ class InferenceLog:
             connection.close()
 
 
+def _size_stats(size) -> dict:
+    if size is None:
+        return {}
+    width, height = size
+    return {"width": float(width), "height": float(height), "aspect_ratio": width / height}
+
+
 class InferenceRecorder:
     """Computes image statistics and appends records on a background thread.
 
@@ -267,8 +335,12 @@ class InferenceRecorder:
         on_drop: Callable[[], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         nice: int = 10,
+        retention: Retention | None = None,
     ):
         self.log = log
+        self.retention = retention
+        self.pruned = 0
+        self._next_prune = time.monotonic()  # the first batch written prunes
         self.max_pending = max_pending
         self.max_pending_pixels = max_pending_pixels
         self.batch_size = batch_size
@@ -286,8 +358,10 @@ class InferenceRecorder:
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
-    def submit(self, image, file_size: int, record: dict) -> bool:
-        """Queue (decoded RGB image, upload byte count, record without statistics)."""
+    def submit(self, image, file_size: int, record: dict, source_size=None) -> bool:
+        """Queue (decoded RGB image, upload byte count, record without statistics).
+        `source_size`: the upload's own (width, height), when `image` was decoded
+        reduced (a large photo): its width, height and aspect ratio are recorded."""
         pixels = image.width * image.height
         with self._lock:
             full = self._pending >= self.max_pending or (
@@ -296,7 +370,7 @@ class InferenceRecorder:
             if not full and not self._stopping.is_set():
                 self._pending += 1
                 self._pending_pixels += pixels
-                self._queue.put((image, file_size, record, pixels))
+                self._queue.put((image, file_size, record, source_size, pixels))
                 return True
             self.dropped += 1
         if self.on_drop:
@@ -317,7 +391,11 @@ class InferenceRecorder:
             except OSError as exc:  # e.g. a platform without per-thread priorities
                 logger.warning("could not lower the inference-log thread's priority: %s", exc)
         while True:
-            item = self._queue.get()
+            self._maybe_prune()
+            try:
+                item = self._queue.get(timeout=self._prune_wait())
+            except queue.Empty:
+                continue
             if item is None:
                 return
             items = [item]
@@ -332,11 +410,29 @@ class InferenceRecorder:
                 items.append(nxt)
             self._write(items)
 
+    def _prune_wait(self) -> float | None:
+        if self.retention is None:
+            return None
+        return max(0.0, self._next_prune - time.monotonic())
+
+    def _maybe_prune(self) -> None:
+        """Retention, on this thread: requests never wait for it. Each worker (and
+        replica) prunes the shared log; deleting what is already gone costs little."""
+        if self.retention is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self.retention.every_seconds
+        try:
+            self.pruned += self.log.prune(self.retention)
+        except Exception as exc:  # noqa: BLE001 - reported; the thread must live on
+            logger.exception("pruning the inference log %s failed", self.log.path)
+            if self.on_error:
+                self.on_error(exc)
+
     def _write(self, items) -> None:
         try:
             records = [
-                {**record, **image_statistics(image, file_size)}
-                for image, file_size, record, _ in items
+                {**record, **image_statistics(image, file_size), **_size_stats(source_size)}
+                for image, file_size, record, source_size, _ in items
             ]
             self.log.append_many(records)
             self.written += len(records)
@@ -467,6 +563,18 @@ class PostgresInferenceLog(InferenceLog):
                         raise
                     logger.warning("inference log connection lost; reconnecting to %s", self.path)
         raise AssertionError("unreachable")
+
+    def prune(self, retention: Retention, now: float | None = None) -> int:
+        """See InferenceLog.prune (autocommit: one transaction per batch)."""
+
+        def execute(sql, params):
+            return self._writer.execute(sql, params).rowcount
+
+        with self._lock:
+            if self._writer is None or self._writer.closed:
+                self._writer = self._connect()
+                self._ensure_schema(self._writer)
+            return _prune(execute, retention, time.time() if now is None else now, "%s")
 
     def _close_writer(self) -> None:
         if self._writer is not None:

@@ -9,7 +9,6 @@ wave of non-pet uploads does not look like pet photos that changed.
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +24,7 @@ from model_lib.decision import NEITHER
 from model_lib.image_stats import STAT_COLUMNS
 from model_lib.inference_log import COLUMNS, EVALUATION_SOURCE, PLATFORM_SOURCES, InferenceLog
 from model_lib.metrics import classification_report, flat_metrics, latency_percentiles
+from model_lib.settings import LoopSettings
 
 
 @dataclass
@@ -103,26 +103,14 @@ def evaluate_outcomes(outcomes: list[Outcome], class_names) -> EvaluationResult:
     )
 
 
-# Above this share of `neither` answers in the window, the evaluation warns
-# (event catdog.traffic.non-pet-share, Prometheus alert CatdogNonPetShareHigh).
-# A model that meets its target answers `neither` for <= 0.5 % of pet photos, so
-# a fifth of the traffic is people uploading other things, not noise.
-NEITHER_SHARE_ENV = "CATDOG_MAX_NEITHER_SHARE"
-DEFAULT_MAX_NEITHER_SHARE = 0.2
-
-
-def max_neither_share(environ=os.environ) -> float:
-    """$CATDOG_MAX_NEITHER_SHARE (0..1; empty: 0.2)."""
-    raw = environ.get(NEITHER_SHARE_ENV, "")
-    if raw == "":
-        return DEFAULT_MAX_NEITHER_SHARE
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{NEITHER_SHARE_ENV} must be a number between 0 and 1, got {raw!r}")
-    return value
+# Above this share of `neither` answers in the window, the evaluation warns (event
+# catdog.traffic.non-pet-share, Prometheus alert CatdogNonPetShareHigh). A model that
+# meets its target answers `neither` for <= 0.5 % of pet photos, so a fifth of the
+# traffic is people uploading other things, not noise. CATDOG_MAX_NEITHER_SHARE
+# (model_lib.settings.LoopSettings) sets it.
+def max_neither_share(environ=None) -> float:
+    """$CATDOG_MAX_NEITHER_SHARE (0..1; unset or empty: 0.2)."""
+    return LoopSettings.from_env(environ).max_neither_share
 
 
 @dataclass

@@ -97,7 +97,7 @@ def save_to_bento_store(champion: Champion) -> str:
     """Put the ONNX model, its metadata and the drift reference in the BentoML store."""
     onnx_path = champion.folder / "model.onnx"
     classifier = OnnxClassifier(onnx_path)  # also proves the file loads
-    prep, decision = classifier.preprocessing, classifier.decision
+    prep, rule = classifier.preprocessing, classifier.decision
     with bentoml.models.create(
         MODEL_NAME,
         labels={
@@ -114,12 +114,11 @@ def save_to_bento_store(champion: Champion) -> str:
             "image_size": prep.image_size,
             "mean": list(prep.mean),
             "std": list(prep.std),
-            "class_names": list(prep.class_names),
-            # The decision rule the ONNX file carries (the service reads it from the file;
-            # here for `bentoml models get`): outputs, temperature, `neither` threshold.
-            "outputs": list(decision.outputs),
-            "temperature": decision.temperature,
-            "neither_threshold": decision.threshold,
+            # The model's outputs (the pet classes, then `neither`) and its decision
+            # rule, as the ONNX file's metadata has them (the service reads the file).
+            "class_names": list(classifier.class_names),
+            "temperature": rule.temperature,
+            "neither_threshold": rule.threshold,
         },
     ) as model:
         shutil.copy(onnx_path, model.path_of("model.onnx"))

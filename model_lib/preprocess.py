@@ -17,7 +17,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Formats a browser or phone produces. TIFF/PSD/etc. are refused: rarely real
 # uploads, and large attack surface in their decoders.
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP"})
-DEFAULT_MAX_PIXELS = 40_000_000  # ~ a 7000x5700 photo; larger is treated as a decompression bomb
+# The most pixels one image may decode to (after a JPEG's reduced decoding, see
+# `read_header`): a 12 MP PNG screenshot or camera frame fits, and so does a 48 MP
+# phone JPEG (decoded at 1/8 scale); a 6300x6300 PNG (a "decompression trick": 100 KB
+# of upload, 120-160 MB once decoded) does not. Pillow's own DecompressionBombError
+# (over ~179 MP in the header) still refuses absurd JPEG headers before this.
+DEFAULT_MAX_PIXELS = 16_000_000
+# Bytes per pixel of Pillow's in-memory image by mode: every 8-bit mode with more
+# than one band (RGB, RGBA, LA, CMYK, YCbCr...) is stored in 4 bytes a pixel.
+_ONE_BYTE_MODES = frozenset({"1", "L", "P"})
+_TWO_BYTE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_STRIP_PIXELS = 1 << 20  # the 16-bit path converts 1 M pixels (8 MB as float64) at a time
 
 
 @dataclass(frozen=True)
@@ -56,26 +66,100 @@ class ImageRejected(ValueError):
         self.status = status
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def pixel_bytes(mode: str) -> int:
+    """Bytes a pixel of `mode` takes in Pillow's memory (not on disk)."""
+    if mode in _ONE_BYTE_MODES:
+        return 1
+    if mode in _TWO_BYTE_MODES:
+        return 2
+    return 4  # I, F (one 32-bit band) and every multi-band 8-bit mode (padded to 4)
+
+
+def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
+    """Memory of an image of `mode` and `size` once decoded: width x height x pixel bytes."""
+    return size[0] * size[1] * pixel_bytes(mode)
+
+
+@dataclass
+class Header:
+    """An image opened but not decoded: what its header says it will cost.
+
+    `image` is the opened file, already set to decode reduced when it is a large
+    JPEG; `source_size` is the size the file declares, `decoded_size` what its
+    decoding produces. `cost` bounds the memory `decode` needs at its peak: the
+    decoded image plus one working copy of it (every path below keeps to that).
+    A header is decoded once: `decode` takes the image out of it, so that nothing
+    keeps the full-size image alive once a smaller copy is made.
+    """
+
+    image: Image.Image | None
+    source_size: tuple[int, int]
+    decoded_size: tuple[int, int]
+    mode: str
+    min_size: int | None
+
+    @property
+    def decoded_bytes(self) -> int:
+        return decoded_bytes(self.mode, self.decoded_size)
+
+    @property
+    def cost(self) -> int:
+        return 2 * self.decoded_bytes
+
+
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int | None = None
+) -> Image.Image:
     """Decode uploaded bytes into an upright 8-bit RGB image, or raise ImageRejected.
 
     Animated images use their first frame; transparency is flattened onto white;
-    EXIF orientation is applied so phone photos are upright.
+    EXIF orientation is applied so phone photos are upright. With `min_size`, an
+    image at least twice `2 * min_size` on a side is decoded reduced (see
+    `read_header`) and returned smaller, but never under `2 * min_size` on a side.
     """
+    return decode(read_header(data, max_pixels, min_size))
+
+
+def read_header(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int | None = None
+) -> Header:
+    """Open `data` without decoding a pixel; ImageRejected (4xx) when it cannot be
+    or may not be decoded. With `min_size`, a JPEG is set to decode at 1/2, 1/4 or
+    1/8 scale (in the decoder: far less memory and time) as long as both sides stay
+    at least `2 * min_size` (twice what the model needs, as Pillow's `thumbnail`
+    does, so the final resize still averages). `max_pixels` applies to the pixels
+    decoded, so a 48 MP JPEG passes and a 40 MP PNG does not."""
     try:
-        return _decode(data, max_pixels)
+        return _read_header(data, max_pixels, min_size)
     except ImageRejected:
         raise
     except Exception as exc:
-        # A crafted file can trip an error inside a format plugin that none of the
-        # cases below names: still the upload's fault (422). The cause is kept, so
-        # a service can log its traceback in case it is ours.
-        raise ImageRejected(
-            "undecodable", f"the image could not be decoded ({type(exc).__name__}: {exc})", 422
-        ) from exc
+        raise _undecodable(exc) from exc
 
 
-def _decode(data: bytes, max_pixels: int) -> Image.Image:
+def decode(header: Header) -> Image.Image:
+    """Decode what `read_header` opened, within `header.cost` bytes at the peak."""
+    image, header.image = header.image, None
+    if image is None:
+        raise RuntimeError("this header was decoded already")
+    try:
+        return _decode(image, header.min_size)
+    except ImageRejected:
+        raise
+    except Exception as exc:
+        raise _undecodable(exc) from exc
+
+
+def _undecodable(exc: Exception) -> ImageRejected:
+    # A crafted file can trip an error inside a format plugin that none of the
+    # cases below names: still the upload's fault (422). The cause is kept, so
+    # a service can log its traceback in case it is ours.
+    return ImageRejected(
+        "undecodable", f"the image could not be decoded ({type(exc).__name__}: {exc})", 422
+    )
+
+
+def _read_header(data: bytes, max_pixels: int, min_size: int | None) -> Header:
     if not data:
         raise ImageRejected("empty", "the uploaded file is empty", 400)
     try:
@@ -97,18 +181,32 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
             f"(allowed: {', '.join(sorted(ALLOWED_FORMATS))})",
             415,
         )
+    source_size = image.size
+    if min_size and image.format == "JPEG":
+        image.draft(image.mode, (2 * min_size, 2 * min_size))  # changes size, decodes nothing
     width, height = image.size
-    # Checked from the header, before any pixel is decoded.
     if width * height > max_pixels:
+        source = "" if image.size == source_size else f" (decoded reduced from {source_size})"
         raise ImageRejected(
             "too_many_pixels",
-            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+            f"image is {width}x{height} = {width * height} pixels{source}; "
+            f"the limit is {max_pixels} (CATDOG_MAX_PIXELS)",
             413,
         )
+    return Header(image, source_size, image.size, image.mode, min_size)
+
+
+def _decode(image: Image.Image, min_size: int | None) -> Image.Image:
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected("corrupt", f"the image could not be decoded ({exc})", 422) from None
+    # From here on every step works on a copy no bigger than the decoded image, and
+    # drops its input: the peak is the decoded image plus one copy (Header.cost).
+    if image.mode in _TWO_BYTE_MODES or image.mode in ("I", "F"):
+        image = _gray_to_8_bit(image)
+    if min_size:
+        image = _reduce(image, 2 * min_size)
     try:
         image = ImageOps.exif_transpose(image)
     except Exception as exc:  # noqa: BLE001 - broken EXIF must not sink an otherwise fine photo
@@ -116,12 +214,42 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
     return _to_rgb(image)
 
 
+def _gray_to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit / 32-bit grayscale scaled to 8 bit instead of clipped to white.
+
+    Converted a strip at a time into an 8-bit image: never a float64 (or any) copy
+    of the whole image, which for a 6300x6300 16-bit PNG was 300 MB. The arithmetic
+    is unchanged (x / peak * 255, truncated)."""
+    _, high = image.getextrema()
+    peak = 65535.0 if high > 255 else 255.0
+    gray = Image.new("L", image.size)
+    rows = max(1, _STRIP_PIXELS // image.width)
+    for top in range(0, image.height, rows):
+        box = (0, top, image.width, min(image.height, top + rows))
+        strip = np.asarray(image.crop(box), dtype=np.float64)
+        gray.paste(Image.fromarray(np.clip(strip / peak * 255.0, 0, 255).astype(np.uint8)), box)
+    gray.info = image.info  # keeps EXIF orientation
+    return gray
+
+
+def _reduce(image: Image.Image, working: int) -> Image.Image:
+    """Shrink each side by the integer factor that keeps it at least `working` pixels
+    (a box average; Image.reduce). Images under 2 x `working` on both sides, which
+    includes every training photo, are returned unchanged."""
+    factors = (max(1, image.width // working), max(1, image.height // working))
+    if factors == (1, 1):
+        return image
+    if image.mode in ("1", "P"):
+        # No box average for these modes (and a palette has no meaningful mean): the
+        # nearest pixel, at 1 byte a pixel rather than a 4-byte RGBA copy first.
+        size = (image.width // factors[0], image.height // factors[1])
+        return image.resize(size, Image.Resampling.NEAREST)  # keeps palette and info
+    reduced = image.reduce(factors)
+    reduced.info = image.info
+    return reduced
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / 32-bit grayscale: scale to 8 bit instead of clipping to white.
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -139,9 +267,8 @@ def resize(image: Image.Image, image_size: int) -> np.ndarray:
 def normalize(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
     """uint8 HWC (or NHWC) -> float32 CHW (or NCHW): (x / 255 - mean) / std.
 
-    Computed as x * scale + shift straight into the CHW output: 11x faster than
-    four whole-array passes (0.1 ms vs 1.1 ms an image, a tenth of what a
-    request costs the service), equal to 5e-7.
+    Computed as x * scale + shift straight into the CHW output: one pass instead
+    of four whole-array ones, equal to them to 5e-7.
     """
     std = np.asarray(prep.std, np.float32)
     scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
@@ -160,7 +287,18 @@ def to_model_input(image: Image.Image, prep: Preprocessing) -> np.ndarray:
 
 def prepare(data: bytes, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Uploaded bytes -> (RGB image, model input), or ImageRejected."""
-    image = decode_image(data, max_pixels)
+    return prepare_header(read_header(data, max_pixels, prep.image_size), prep)
+
+
+def prepare_header(header: Header, prep: Preprocessing):
+    """What `read_header` opened -> (RGB image, model input). A service reads the
+    header first to reserve `header.cost` bytes, then calls this.
+
+    Large images (at least 4x the model's input on a side) are decoded reduced to
+    at least 2x it before the same bilinear resize: the model input of every photo
+    under that size (all of data/ and test_images/) is bit-identical to
+    `to_model_input(decode_image(data))`, and of a larger one close to it."""
+    image = decode(header)
     return image, to_model_input(image, prep)
 
 

@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-# BentoML's per-request histogram (all routes, mounted ASGI apps included).
+# BentoML's per-request metrics (all routes, mounted ASGI apps included): its HTTP
+# middleware's names under the default namespace of its configuration
+# (tests/unit/test_rollout_verdict.py checks them against the installed BentoML).
+BENTOML_NAMESPACE = "bentoml_service"
 DURATION_METRIC = "request_duration_seconds"
+REQUEST_DURATION = f"{BENTOML_NAMESPACE}_{DURATION_METRIC}"
+REQUEST_TOTAL = f"{BENTOML_NAMESPACE}_request_total"
+REQUEST_LABELS = ("endpoint", "service_name", "service_version", "http_response_code")
 ENDPOINT = "/classify"
 
 
@@ -56,6 +62,17 @@ class Window:
     server_errors: int = 0
     # Cumulative histogram of request durations: (upper bound in seconds, count).
     buckets: tuple[tuple[float, float], ...] = ()
+
+    def __add__(self, other: Window) -> Window:
+        """Two replicas' counts together (a bucket missing on one side counts 0)."""
+        sums = dict(self.buckets)
+        for le, count in other.buckets:
+            sums[le] = sums.get(le, 0.0) + count
+        return Window(
+            self.requests + other.requests,
+            self.server_errors + other.server_errors,
+            tuple(sorted(sums.items())),
+        )
 
     def __sub__(self, before: Window) -> Window:
         earlier = dict(before.buckets)

@@ -21,8 +21,7 @@ from model_lib.config import CHAMPION_ALIAS
 from model_lib.decision import NEITHER
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import decode_image
-
-DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+from model_lib.settings import PortSettings
 
 
 class ServiceUnavailable(RuntimeError):
@@ -30,7 +29,10 @@ class ServiceUnavailable(RuntimeError):
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    """$MLFLOW_TRACKING_URI, else the local server on $MLFLOW_PORT (model_lib.settings)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (
+        f"http://127.0.0.1:{PortSettings.from_env().mlflow_port}"
+    )
 
 
 def ensure_tracking_server(uri: str | None = None) -> str:

@@ -3,7 +3,7 @@
 # only those missing; idempotent and quick when everything is present.
 #   scripts/debian_packages.sh postgresql prometheus prometheus-pushgateway
 # The packages' own system services are not used: the platform runs its own
-# instances under $CATDOG_RUN_DIR (scripts/services.py), so they are not started.
+# instances under $CATDOG_RUN_DIR (catdog_runtime/services.py), so they are not started.
 set -euo pipefail
 
 missing=()

@@ -10,7 +10,10 @@ export BENTO_PORT=${BENTO_PORT:-3000}
 export PREFECT_HOME=${PREFECT_HOME:-$CATDOG_RUN_DIR/prefect}
 export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:$PREFECT_PORT/api}
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:$MLFLOW_PORT}
-export CATDOG_SERVICE_URL=${CATDOG_SERVICE_URL:-http://127.0.0.1:$BENTO_PORT}
+# HAProxy's second frontend, 127.0.0.1 only: the platform's own traffic (evaluate
+# flow, benchmarks), which keeps its X-Catdog-Source; clients use BENTO_PORT.
+export CATDOG_PLATFORM_PORT=${CATDOG_PLATFORM_PORT:-$((BENTO_PORT + 1))}
+export CATDOG_SERVICE_URL=${CATDOG_SERVICE_URL:-http://127.0.0.1:$CATDOG_PLATFORM_PORT}
 export BENTOML_HOME=${BENTOML_HOME:-$CATDOG_RUN_DIR/bentoml}
 # --- PROFILE=scale (`make up PROFILE=scale`): the multi-machine shape on one machine ---
 # PostgreSQL for Prefect, MLflow and the inference log, MLflow serving the
@@ -34,8 +37,8 @@ if [ "$CATDOG_PROFILE" = scale ]; then
 fi
 export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-$CATDOG_RUN_DIR/inference_log.sqlite}
 export CATDOG_WORK_POOL=${CATDOG_WORK_POOL:-local}
-# How long `make up` / `make serve` wait for a service to become healthy. A cold
-# start on a slow machine took ~3 min; a real error fails at once regardless.
+# How long `make up` / `make serve` wait for a service to become healthy: cold starts
+# on slow machines take minutes (README, "Set-up time"); a real error fails at once.
 export CATDOG_START_TIMEOUT=${CATDOG_START_TIMEOUT:-600}
 export PATH="$CATDOG_ROOT/.venv/bin:$PATH"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import ROOT
+from catdog_runtime.processes import ROOT
 
 DATA = ROOT / "data"
 TEST_IMAGES = ROOT / "test_images"

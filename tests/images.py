@@ -35,10 +35,11 @@ def write_dataset(root, per_class: int = 12, classes=("cat", "dog"), size=(40, 4
 
 
 def write_outliers(
-    root, per_kind: int = 6, kinds=("ball", "car", "tree", "lamp", "shoe"), size=(40, 40)
+    root, per_kind: int = 4, kinds=tuple(f"kind{i}" for i in range(12)), size=(40, 40)
 ):
     """`root/objects/<kind>/<kind>.<i>.jpg`: photos that are neither, green with noise
-    (a colour neither pet class has), one folder per kind as in other_images/."""
+    (a colour neither pet class has), one folder per kind as in other_images/. The
+    default kinds put 2 kinds in the test split and 4 in validation (split by kind)."""
     for number, kind in enumerate(kinds):
         folder = root / "objects" / kind
         folder.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from bench.servers import ROOT
+from catdog_runtime.processes import ROOT
 
 MODEL_LIB = sorted(p.stem for p in (ROOT / "model_lib").glob("*.py") if p.stem != "__init__")
 # The training stack, bottom to top: each may import only those before it.

@@ -6,8 +6,11 @@
 # Starts IMAGE with run.sh on PORT (default 3000; the next free port when
 # 3000 is taken and PORT is unset), waits for /readyz (READY_TIMEOUT, default
 # 180 s), then checks the HTTP contract, /metrics, that the container runs as
-# non-root and that torch is not in the image. The container is always
-# removed at the end. Exit status 1 when any check failed.
+# non-root, that torch is not in the image and that no compiler or build tool
+# is. The container runs as deploy/k8s/service.yaml runs it: read-only root
+# filesystem with /tmp and the inference-log volume the only writable paths,
+# all capabilities dropped, no privilege escalation. The container and its
+# anonymous volume are always removed at the end. Exit status 1 when any check failed.
 # TEST_IMAGES_DIR (default: <repo>/test_images) must hold cat/*.jpg, dog/*.jpg.
 set -euo pipefail
 
@@ -24,9 +27,13 @@ fail() { echo "[smoke] FAIL: $*" >&2; FAILURES+=("$*"); }
 die() { echo "[smoke] ERROR: $*" >&2; exit 1; }
 
 have_docker() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+# The pod's securityContext (deploy/k8s/service.yaml), as run flags.
+HARDENED=(--read-only --tmpfs /tmp --cap-drop=ALL --security-opt=no-new-privileges)
 if have_docker; then
     engine() { docker "$@"; }
 else
+    # podman mounts tmpfs on /run and /var/tmp too with --read-only, unless told not to.
+    HARDENED=(--read-only-tmpfs=false "${HARDENED[@]}")
     # Same workarounds as run.sh (GUIDE.md section 2).
     engine() {
         local conf="${TMPDIR:-/tmp}/catdog-containers.conf"
@@ -68,7 +75,7 @@ cleanup() {
             engine logs --tail 60 "$NAME" >&2 2>&1 || echo "[smoke] (no logs)" >&2
         fi
         log "stopping and removing $NAME"
-        engine rm -f "$NAME" >/dev/null || echo "[smoke] WARNING: could not remove $NAME" >&2
+        engine rm -f -v "$NAME" >/dev/null || echo "[smoke] WARNING: could not remove $NAME" >&2
     fi
     rm -rf "$WORK"
     exit "$rc"
@@ -78,7 +85,7 @@ trap 'exit 130' INT TERM
 
 BASE="http://127.0.0.1:${PORT}"
 start=$(date +%s)
-NAME="$(CATDOG_CONTAINER_NAME="catdog-smoke-${PORT}-$$" "$HERE/run.sh" "$IMAGE" "$PORT")"
+NAME="$(CATDOG_CONTAINER_NAME="catdog-smoke-${PORT}-$$" "$HERE/run.sh" "$IMAGE" "$PORT" "${HARDENED[@]}")"
 
 # --- readiness ----------------------------------------------------------------
 log "waiting up to ${READY_TIMEOUT} s for $BASE/readyz"
@@ -210,6 +217,29 @@ elif grep -q "No module named 'torch'" <<< "$torch_out"; then
     pass "torch is not installed in the image"
 else
     fail "python -c 'import torch' failed for another reason: $torch_out"
+fi
+
+# No compiler or build tool in the runtime image (bento/Dockerfile.j2 builds
+# in a separate stage): smaller, and nothing to compile an exploit with.
+build_tools=(gcc cc g++ c++ make ld as cpp)
+# shellcheck disable=SC2016  # $@ and $t expand in the container's shell
+if found="$(engine exec "$NAME" sh -c 'for t in "$@"; do command -v "$t"; done; exit 0' sh "${build_tools[@]}")"; then
+    if [ -z "$found" ]; then
+        pass "no compiler or build tool in the image (${build_tools[*]})"
+    else
+        fail "build tools in the runtime image: $(echo "$found" | paste -sd' ' -)"
+    fi
+else
+    fail "could not look for build tools in the container"
+fi
+if engine exec "$NAME" test -e /usr/lib/gcc; then
+    fail "/usr/lib/gcc exists in the runtime image"
+fi
+
+if engine exec "$NAME" sh -c 'touch /home/bentoml/probe' 2>/dev/null; then
+    fail "the root filesystem is writable (expected the read-only run of deploy/k8s)"
+else
+    pass "serves with a read-only root filesystem (writable: /tmp, /var/lib/catdog)"
 fi
 
 size="$(engine image inspect --format '{{.Size}}' "$IMAGE")"

@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 import uuid
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 from mlflow import MlflowClient
 
-from bench.servers import BIN, ROOT, Server, free_port, run
+from catdog_runtime.prefect_api import PrefectAPI
+from catdog_runtime.processes import BIN, Server, free_port, run
+from catdog_runtime.waits import poll
 from tests.integration.platform import platform_env, services_cli
 from tests.integration.service_runner import train_temporary_model
 
@@ -51,9 +51,10 @@ SMALL_TRAINING = {
 
 
 def run_deployment(platform, name: str, params: dict, timeout: float = 1800, check: bool = True):
-    """What the make targets do (scripts/run_deployment.py NAME --params JSON); returns the
-    flow run as the REST API shows it. With `check`, AssertionError when the run fails."""
-    args = [sys.executable, str(ROOT / "scripts" / "run_deployment.py"), name]
+    """What the make targets do (python -m catdog_runtime.run_deployment NAME --params JSON);
+    returns the flow run as the REST API shows it.
+    With `check`, AssertionError when the run fails."""
+    args = [sys.executable, "-m", "catdog_runtime.run_deployment", name]
     args += ["--params", json.dumps(params)]
     result = run(args, platform["env"], timeout=timeout, check=check)
     match = re.search(r"flow run '[^']+' \(([0-9a-f-]{36})\)", result.stdout)
@@ -65,11 +66,9 @@ def run_deployment(platform, name: str, params: dict, timeout: float = 1800, che
 
 
 def prefect_api(platform, method: str, path: str, **kwargs):
-    response = httpx.request(
-        method, platform["env"]["PREFECT_API_URL"] + path, timeout=60, **kwargs
-    )
-    response.raise_for_status()
-    return response.json() if response.content else None
+    """One call through the project's Prefect client (catdog_runtime.prefect_api)."""
+    api = PrefectAPI(platform["env"]["PREFECT_API_URL"], patience=60, timeout=60)
+    return api.call(method, path, **kwargs)
 
 
 def pause_schedules(platform, deployment: str) -> None:
@@ -199,12 +198,9 @@ def runs_of(platform, deployment: str) -> list[dict]:
 
 def wait_for(check, timeout: float, what: str, every: float = 2.0):
     """Poll `check()` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
+    value = poll(check, bool, timeout, interval=every)
+    if value:
+        return value
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 

@@ -3,9 +3,9 @@
     python -m tests.integration.fake_replica PORT
 
 POST /classify answers 200, or 500 when the body is `fail`; GET /metrics
-exposes `bentoml_service_request_total` and `catdog_predictions_total` with the
-labels BentoML and bento/service.py use, so monitoring/alerts.yml sees what it
-would see from `bentoml serve`, without a model.
+exposes BentoML's request metrics (names and labels from model_lib.rollout, checked
+against BentoML's own) and the service's own prediction counter (bento.metrics), so
+monitoring/alerts.yml sees what it would see from `bentoml serve`, without a model.
 """
 
 from __future__ import annotations
@@ -15,24 +15,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-REQUESTS = Counter(
-    "bentoml_service_request_total",
-    "Total number of HTTP requests",
-    ["endpoint", "service_name", "service_version", "http_response_code"],
-)
-DURATION = Histogram(
-    "bentoml_service_request_duration_seconds",
-    "API HTTP request duration in seconds",
-    ["endpoint", "service_name", "service_version", "http_response_code"],
-)
-PREDICTIONS = Counter("catdog_predictions_total", "Classified images by predicted label", ["label"])
+from bento.metrics import PREDICTIONS
+from model_lib.rollout import ENDPOINT, REQUEST_DURATION, REQUEST_LABELS, REQUEST_TOTAL
+
+REQUESTS = Counter(REQUEST_TOTAL, "Total number of HTTP requests", REQUEST_LABELS)
+DURATION = Histogram(REQUEST_DURATION, "API HTTP request duration in seconds", REQUEST_LABELS)
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         status = 500 if body == b"fail" else 200
-        labels = ("/classify", "catdog", "test", str(status))
+        labels = (ENDPOINT, "catdog", "test", str(status))
         REQUESTS.labels(*labels).inc()
         DURATION.labels(*labels).observe(0.01)
         if status == 200:

@@ -1,4 +1,4 @@
-"""The platform as `make up` starts it (scripts/services.py), on free ports in a temp folder."""
+"""The platform as `make up` starts it (catdog_runtime.services), on free ports in a temp folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.servers import BIN, ROOT, free_port
+from catdog_runtime.processes import BIN, ROOT, free_port
 
 
 def platform_env(run_dir: Path, bin_dir: Path = BIN, **settings: str) -> dict:
@@ -33,9 +33,9 @@ def platform_env(run_dir: Path, bin_dir: Path = BIN, **settings: str) -> dict:
 
 
 def services_cli(env: dict, action: str, python: str = sys.executable, timeout: float = 1200):
-    """`make up|down|status|serve`: scripts/services.py ACTION in `env`."""
+    """`make up|down|status|serve`: python -m catdog_runtime.services ACTION in `env`."""
     return subprocess.run(
-        [python, str(ROOT / "scripts" / "services.py"), action],
+        [python, "-m", "catdog_runtime.services", action],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from bench.servers import BIN, ROOT, Server, free_port, run
+from catdog_runtime.processes import BIN, ROOT, Server, free_port, run
 
 MLFLOW_VERSION = "42"  # the version the test store's metadata claims
 SERVICE = "bento.service:CatDogClassifier"

@@ -18,9 +18,10 @@ import time
 import httpx
 import pytest
 
-from bench.servers import ROOT, free_port
+from catdog_runtime import services
+from catdog_runtime.processes import ROOT, free_port
+from catdog_runtime.waits import poll
 from model_lib.pushgateway import push_evaluation
-from scripts import services
 
 ALERT_WAIT_SECONDS = 180
 
@@ -85,28 +86,24 @@ def firing(prometheus: str) -> dict[str, list[dict]]:
 
 
 def wait_for_alert(prometheus: str, name: str) -> list[dict]:
-    deadline = time.monotonic() + ALERT_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        alerts = firing(prometheus).get(name)
-        if alerts:
-            return alerts
-        time.sleep(1)
+    alerts = poll(lambda: firing(prometheus).get(name), bool, ALERT_WAIT_SECONDS, interval=1)
+    if alerts:
+        return alerts
     pytest.fail(f"{name} did not fire within {ALERT_WAIT_SECONDS} s; firing: {firing(prometheus)}")
 
 
 def wait_for_scrapes(prometheus: str, count: int) -> None:
-    deadline = time.monotonic() + ALERT_WAIT_SECONDS
-    while time.monotonic() < deadline:
+    def healthy() -> list:
         targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]
-        healthy = [
+        return [
             t
             for t in targets["activeTargets"]
             if t["labels"]["job"] == "catdog-service" and t["health"] == "up"
         ]
-        if len(healthy) == count:
-            return
-        time.sleep(1)
-    pytest.fail(f"Prometheus never scraped {count} healthy replicas: {targets}")
+
+    found = poll(healthy, lambda up: len(up) == count, ALERT_WAIT_SECONDS, interval=1)
+    if len(found) != count:
+        pytest.fail(f"Prometheus never scraped {count} healthy replicas: {found}")
 
 
 def test_error_ratio_replica_down_and_accuracy_alerts_fire(monitoring, replicas):

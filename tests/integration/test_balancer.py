@@ -16,13 +16,15 @@ import threading
 from collections import Counter
 
 import httpx
+import psutil
 import pytest
 
-from bench.servers import Server, free_port
-from scripts import balancer, services
+from catdog_runtime import balancer, services
+from catdog_runtime.processes import Server, free_port
 
 REPLICA = """
 import http.server, sys
+POSTS = [0]
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def answer(self):
@@ -32,10 +34,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
     def do_GET(self):
+        if self.path == "/posts":  # how many POSTs reached this replica
+            body = str(POSTS[0]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
         self.answer()
     def do_POST(self):
+        POSTS[0] += 1
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.answer()
+        if self.path == "/source":  # what reached the replica
+            body = self.headers.get("X-Catdog-Source", "-").encode()
+            self.send_response(200)
+        elif self.path.startswith("/status/"):  # a replica answering this status
+            body = sys.argv[1].encode()
+            self.send_response(int(self.path.rsplit("/", 1)[1]))
+        else:
+            return self.answer()
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
     def log_message(self, *args):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
@@ -43,11 +62,15 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 
 
 @pytest.fixture
-def lb(tmp_path, monkeypatch):
+def lb(tmp_path, monkeypatch, request):
     if shutil.which("haproxy") is None and not os.path.exists(services.haproxy_binary()):
         pytest.fail("haproxy is not installed: `apt-get install -y haproxy` (make serve does it)")
     monkeypatch.setenv("CATDOG_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("BENTO_PORT", str(free_port()))
+    monkeypatch.setenv("CATDOG_PLATFORM_PORT", str(free_port()))
+    # Requests per client in 10 s: a test asks for its own limit (indirect parametrize).
+    rate = getattr(request, "param", {}).get("rate", 100_000)
+    monkeypatch.setenv("CATDOG_LB_CLIENT_RATE", str(rate))
     script = tmp_path / "replica.py"
     script.write_text(REPLICA)
     replicas = {}
@@ -69,6 +92,7 @@ def lb(tmp_path, monkeypatch):
         services.wait_healthy(haproxy)
         yield {
             "url": f"http://127.0.0.1:{os.environ['BENTO_PORT']}",
+            "platform_url": f"http://127.0.0.1:{balancer.platform_port()}",
             "replicas": [balancer.Replica(port, "stand-in", 0) for port in replicas],
             "servers": replicas,
         }
@@ -103,7 +127,10 @@ def test_retired_replica_gets_nothing_and_leaves_the_state(lb):
     assert old.name not in balancer.server_stats()
 
 
-def test_a_replica_killed_mid_load_costs_no_request(lb):
+def test_a_replica_killed_mid_load_costs_at_most_the_requests_it_held(lb):
+    """Requests after the kill are all answered (a refused connection is retried on the
+    other replica); only those the replica held when it died may fail, as an empty
+    response is not replayed: the request may be what killed it."""
     first, second = lb["replicas"]
     balancer.attach(first, 100)
     balancer.attach(second, 100)
@@ -117,7 +144,8 @@ def test_a_replica_killed_mid_load_costs_no_request(lb):
                 except httpx.HTTPError as exc:
                     seen[type(exc).__name__] += 1
 
-    threads = [threading.Thread(target=loop) for _ in range(4)]
+    clients = 4
+    threads = [threading.Thread(target=loop) for _ in range(clients)]
     for thread in threads:
         thread.start()
     try:
@@ -133,7 +161,47 @@ def test_a_replica_killed_mid_load_costs_no_request(lb):
         stop.set()
         for thread in threads:
             thread.join(60)
-    assert set(seen) == {200}, seen
+    lost = sum(count for status, count in seen.items() if status != 200)
+    assert set(seen) <= {200, 502} and lost <= clients, seen
+
+
+def test_the_public_frontend_drops_x_catdog_source_and_the_platforms_keeps_it(lb):
+    stable, _ = lb["replicas"]
+    balancer.attach(stable, 100)
+    header = {"X-Catdog-Source": "evaluation"}
+    public = httpx.post(f"{lb['url']}/source", headers=header, content=b"x", timeout=30)
+    platform = httpx.post(f"{lb['platform_url']}/source", headers=header, content=b"x", timeout=30)
+    assert (public.text, platform.text) == ("-", "evaluation")
+
+
+def test_only_a_503_or_a_failed_connection_is_retried_and_only_once(lb):
+    first, second = lb["replicas"]
+    balancer.attach(first, 100)
+    balancer.attach(second, 100)
+    with httpx.Client(timeout=30) as client:
+        # both replicas answer 503: one retry on the other replica, then the 503
+        overloaded = [client.post(f"{lb['url']}/status/503", content=b"x") for _ in range(4)]
+        broken = [client.post(f"{lb['url']}/status/500", content=b"x") for _ in range(4)]
+    assert {r.status_code for r in overloaded} == {503}
+    assert {r.status_code for r in broken} == {500}
+    # 4 requests answered 503 twice each (a retry, never a third try); the 500s once each.
+    posts = [int(httpx.get(f"{r.url}/posts", timeout=10).text) for r in (first, second)]
+    assert sum(posts) == 4 * 2 + 4, posts
+
+
+@pytest.mark.parametrize("lb", [{"rate": 400}], indirect=True)
+def test_one_client_beyond_its_request_rate_gets_429(lb):
+    stable, _ = lb["replicas"]
+    balancer.attach(stable, 100)
+    seen = answers(lb["url"], 50)  # 400 per 10 s allowed
+    assert set(seen) == {str(stable.port)}
+    with httpx.Client(timeout=30) as client:
+        statuses = Counter(
+            client.post(f"{lb['url']}/classify", content=b"x").status_code for _ in range(400)
+        )
+    assert statuses[429] >= 40 and statuses[200] <= 350, statuses
+    platform = httpx.post(f"{lb['platform_url']}/classify", content=b"x", timeout=30)
+    assert platform.status_code == 200  # the platform's own traffic is not limited
 
 
 def test_config_rendered_from_the_recorded_replicas_is_valid(tmp_path, monkeypatch):
@@ -149,8 +217,23 @@ def test_config_rendered_from_the_recorded_replicas_is_valid(tmp_path, monkeypat
     config.write_text(balancer.render(balancer.load()))
     text = config.read_text()
     assert "server r18001 127.0.0.1:18001 check inter 1s fall 2 rise 2 weight 90" in text
-    assert "bind 127.0.0.1:18000" in text
+    assert "bind 127.0.0.1:18000" in text and "bind 127.0.0.1:18001" in text  # platform
+    assert "retry-on conn-failure 503" in text and "retries 1" in text
     check = subprocess.run(
         [services.haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_haproxy_started_as_root_runs_as_an_unprivileged_user(lb):
+    config = str(services.run_dir() / "balancer" / "haproxy.cfg")
+    (process,) = [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "haproxy" and config in (p.info["cmdline"] or [])
+    ]
+    if os.geteuid() == 0:
+        assert process.uids().effective != 0 and balancer.run_as().startswith("    user ")
+    else:
+        assert process.uids().effective == os.geteuid() and balancer.run_as() == ""
+    assert httpx.get(f"{lb['url']}{services.BALANCER_MONITOR_URI}", timeout=10).is_success

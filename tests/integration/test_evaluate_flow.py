@@ -13,13 +13,13 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from bench.servers import free_port
+from catdog_runtime.processes import free_port
 from model_lib.client import classify_all
 from model_lib.data import discover_images
 from model_lib.inference_log import EVALUATION_SOURCE
 from model_lib.traffic import send_traffic
 from tests.conftest import TEST_IMAGES, unseen_kind_photos
-from tests.integration.conftest import events_named, run_deployment, wait_for
+from tests.integration.conftest import events_named, prefect_api, run_deployment, wait_for
 
 # The test model is small (a slice of the data, 2 epochs): accuracy is not
 # what these tests judge, except in the one that sets a threshold on purpose.
@@ -203,15 +203,14 @@ def test_accuracy_below_threshold_fails_the_flow(platform, served_champion):
 
 
 def test_evaluation_publishes_prefect_artifacts(platform, drift_story):
-    api = platform["env"]["PREFECT_API_URL"]
-    response = httpx.post(
-        f"{api}/artifacts/filter",
+    artifacts = prefect_api(
+        platform,
+        "POST",
+        "/artifacts/filter",
         json={"artifacts": {"key": {"any_": ["evaluation", "drift-report"]}}},
-        timeout=10,
     )
-    response.raise_for_status()
-    keys = {a["key"] for a in response.json()}
+    keys = {a["key"] for a in artifacts}
     assert keys == {"evaluation", "drift-report"}
-    summary = next(a for a in response.json() if a["key"] == "evaluation")
+    summary = next(a for a in artifacts if a["key"] == "evaluation")
     assert "accuracy (100 test images)" in summary["data"]
     assert "answered neither (non-pet share)" in summary["data"]

@@ -15,15 +15,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench.servers import ROOT, free_port
+from catdog_runtime.postgres import postgres_cluster
+from catdog_runtime.processes import ROOT, free_port
 from model_lib.inference_log import (
     COLUMNS,
     InferenceLog,
     InferenceLogUnavailable,
     PostgresInferenceLog,
+    Retention,
 )
 from model_lib.monitoring import inference_frame
-from tests.integration.postgres import postgres_cluster
 from tests.unit.test_inference_log import record
 
 
@@ -156,3 +157,18 @@ def test_unreachable_server_is_a_precise_error():
     assert "secret" not in str(error.value) and "catdog:***@" in str(error.value)
     with pytest.raises(InferenceLogUnavailable, match="make up PROFILE=scale"):
         log.append(record("a"))
+
+
+def test_prune_keeps_the_same_rows_as_on_sqlite(log_url, tmp_path):
+    now = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    day = 86400
+    rows = [record(f"old{i}", timestamp=now - 40 * day + i) for i in range(7)]
+    rows += [record(f"new{i}", timestamp=now - day + i) for i in range(10)]
+    kept = {}
+    for log in (InferenceLog(log_url), InferenceLog(tmp_path / "log.sqlite")):
+        log.append_many(rows)
+        assert log.prune(Retention(max_age_days=30, max_rows=0, batch=3), now=now) == 7
+        assert log.prune(Retention(max_age_days=30, max_rows=4, batch=3), now=now) == 6
+        kept[type(log).__name__] = [r[COLUMNS.index("request_id")] for r in log.query(None, ())]
+        log.close()
+    assert kept["PostgresInferenceLog"] == kept["InferenceLog"] == [f"new{i}" for i in range(6, 10)]

@@ -58,7 +58,7 @@ def loop(platform):
 
 
 def screenshot_loop(platform, folder: Path) -> None:
-    from scripts.screenshots import chromium_screenshot
+    from catdog_runtime.screenshots import chromium_screenshot
 
     ui = platform["env"]["PREFECT_API_URL"].removesuffix("/api")
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""`make up` (scripts/services.py up) on a slow machine and beside a foreign port holder.
+"""`make up` (catdog_runtime.services up) on a slow machine and beside a foreign port holder.
 
 The real MLflow and Prefect servers and worker, on free ports, in a temp run dir.
 """
@@ -8,21 +8,26 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 
 import pytest
 
-from bench.servers import BIN
+from catdog_runtime import services
+from catdog_runtime.processes import BIN
 from tests.integration.platform import platform_env, services_cli
 
-SLOW_START_SECONDS = 45
+# Longer than the progress interval: `up` must report that it is still waiting.
+SLOW_START_SECONDS = services.PROGRESS_EVERY_SECONDS + 15
 
 
 @pytest.fixture
 def slow_bin(tmp_path):
-    """A venv bin folder whose `mlflow` sleeps before it execs the real one."""
+    """A venv bin folder whose `mlflow` sleeps before it execs the real one (the services
+    find their programs beside sys.executable). A venv of its own sharing the real one's
+    packages: its pyvenv.cfg, and lib/ linked."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    (tmp_path / "pyvenv.cfg").write_text((BIN.parent / "pyvenv.cfg").read_text())
+    (tmp_path / "lib").symlink_to(BIN.parent / "lib")
     for name in ("python", "prefect"):
         (bin_dir / name).symlink_to(BIN / name)
     wrapper = bin_dir / "mlflow"
@@ -38,12 +43,9 @@ def test_up_waits_for_a_slow_server_and_ignores_a_stale_pid_file(tmp_path, slow_
     # A pid file left from another boot whose pid is now an unrelated program.
     (tmp_path / "run" / "mlflow.pid").write_text(f'{{"pid": {bystander.pid}, "argv": ["mlflow"]}}')
     try:
-        started = time.monotonic()
         result = services_cli(env, "up", python=str(slow_bin / "python"))
-        took = time.monotonic() - started
         output = result.stdout + result.stderr
         assert result.returncode == 0, output
-        assert took >= SLOW_START_SECONDS
         assert "stale pid file" in output
         assert "waiting for mlflow to be healthy" in output or "waiting for prefect" in output
         assert "mlflow healthy at" in output
@@ -64,11 +66,9 @@ def test_up_fails_within_seconds_when_a_port_is_held(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", int(env["PREFECT_PORT"])))
         holder.listen()
-        started = time.monotonic()
         result = services_cli(env, "up", timeout=120)
-        took = time.monotonic() - started
     assert result.returncode == 1
-    assert took < 20
+    assert "waiting for" not in result.stdout  # failed at once, before any wait
     assert f"port {env['PREFECT_PORT']} is already held by pid {os.getpid()}" in result.stderr
     assert "PREFECT_PORT" in result.stderr
     # Nothing was started: the ports are checked before any service starts.

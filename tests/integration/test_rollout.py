@@ -28,7 +28,7 @@ CONFIG = {"observe_seconds": 5, "min_requests": 10, "min_accuracy": 0.0, "p95_sl
 @pytest.fixture(scope="module")
 def balancer_env(platform):
     """The platform's settings in this process too: the test reads the balancer's state
-    (scripts/balancer.py) as the worker's deploy runs write it. `make down` at the end of
+    (catdog_runtime.balancer) as the worker's deploy runs write it. `make down` at the end of
     the session stops the balancer and the replicas."""
     settings = {
         key: platform["env"][key] for key in ("BENTO_PORT", "CATDOG_RUN_DIR", "BENTOML_HOME")
@@ -173,7 +173,7 @@ def test_rollback_puts_the_previous_version_back(platform, balancer_env, live, c
 
 
 def test_a_killed_replica_costs_no_request_and_is_restarted(live):
-    from scripts import balancer, services
+    from catdog_runtime import balancer, services
 
     replicas = balancer.load()
     assert len(replicas) == 2

@@ -1,6 +1,6 @@
 """PROFILE=scale end to end: PostgreSQL, two workers, Prometheus + Pushgateway.
 
-`scripts/services.py up` with PROFILE=scale on free ports and a temp run dir;
+`catdog_runtime.services up` with PROFILE=scale on free ports and a temp run dir;
 then the key path through the workers: train (a slice, 2 epochs) -> package ->
 serve (inference log in PostgreSQL) -> evaluate, three evaluations at once so
 the second worker must take one. Checks that Prefect and MLflow keep their data
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.servers import BIN, free_port, run
+from catdog_runtime.processes import BIN, free_port, run
+from catdog_runtime.waits import poll
 from model_lib.inference_log import InferenceLog
 from model_lib.monitoring import inference_frame
 from model_lib.traffic import send_traffic
@@ -73,13 +73,16 @@ def worker_of(platform, flow_run: dict) -> str:
 
 
 def wait_final(platform, run_ids: list[str]) -> list[dict]:
-    deadline = time.monotonic() + RUN_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        runs = [prefect_api(platform, "GET", f"/flow_runs/{i}") for i in run_ids]
-        if all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs):
-            return runs
-        time.sleep(5)
-    pytest.fail(f"flow runs not finished after {RUN_WAIT_SECONDS} s: {runs}")
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    runs = poll(
+        lambda: [prefect_api(platform, "GET", f"/flow_runs/{i}") for i in run_ids],
+        lambda runs: all(r["state_type"] in final for r in runs),
+        timeout=RUN_WAIT_SECONDS,
+        interval=5,
+    )
+    if not all(r["state_type"] in final for r in runs):
+        pytest.fail(f"flow runs not finished after {RUN_WAIT_SECONDS} s: {runs}")
+    return runs
 
 
 def test_key_path_on_postgresql_through_two_workers(scale_platform):
@@ -100,10 +103,8 @@ def test_key_path_on_postgresql_through_two_workers(scale_platform):
 
     # Every request the service logged is in PostgreSQL (the recorder writes in the background).
     log = InferenceLog(env["CATDOG_INFERENCE_LOG"])
-    deadline = time.monotonic() + 120
-    while len(inference_frame(log)) < TRAFFIC and time.monotonic() < deadline:
-        time.sleep(1)
-    assert len(inference_frame(log)) == TRAFFIC
+    logged = poll(lambda: len(inference_frame(log)), lambda n: n >= TRAFFIC, 120, interval=1)
+    assert logged == TRAFFIC
 
     # Three at once: a worker runs one at a time, so both must take some.
     deployment = prefect_api(platform, "GET", "/deployments/name/evaluate/scheduled")

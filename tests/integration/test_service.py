@@ -13,7 +13,6 @@ import io
 import json
 import re
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.servers import BIN, ROOT, run
+from catdog_runtime.processes import BIN, ROOT, run
+from catdog_runtime.waits import poll
 from model_lib.client import metric_samples, metric_total
 from model_lib.image_stats import STAT_COLUMNS
 from model_lib.inference_log import InferenceLog
@@ -495,13 +495,12 @@ def test_one_json_log_line_per_request(served):
     ok = post_image(url, photos("cat")[3].read_bytes(), headers={"X-Request-ID": "log-ok-1"})
     bad = post_image(url, b"nope", headers={"X-Request-ID": "log-bad-1"})
     assert (ok.status_code, bad.status_code) == (200, 415)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def logged():
         lines = served["server"].log_path.read_text(errors="replace").splitlines()
-        mine = [json.loads(x) for x in lines if '"request_id":"log-' in x]
-        if len(mine) >= 2:
-            break
-        time.sleep(0.2)
+        return [json.loads(x) for x in lines if '"request_id":"log-' in x]
+
+    mine = poll(logged, lambda found: len(found) >= 2, timeout=10, interval=0.2)
     by_id = {entry["request_id"]: entry for entry in mine}
     assert len(mine) == 2
     good = by_id["log-ok-1"]
@@ -522,17 +521,16 @@ def test_inference_log_rows_with_their_source(served):
     )
     assert user.status_code == evaluation.status_code == 200
     log = InferenceLog(served["log"])
-    deadline = time.monotonic() + 20
-    rows = {}
-    while time.monotonic() < deadline and len(rows) < 2:
-        if served["log"].exists():
-            frame = inference_frame(log, exclude_sources=())
-            rows = {
-                r["request_id"]: r
-                for r in frame.to_dict("records")
-                if r["request_id"].startswith("il-")
-            }
-        time.sleep(0.2)
+
+    def logged():
+        if not served["log"].exists():
+            return {}
+        frame = inference_frame(log, exclude_sources=())
+        return {
+            r["request_id"]: r for r in frame.to_dict("records") if r["request_id"][:3] == "il-"
+        }
+
+    rows = poll(logged, lambda found: len(found) >= 2, timeout=20, interval=0.2)
     assert set(rows) == {"il-user", "il-eval"}
     assert rows["il-user"]["source"] == "user" and rows["il-eval"]["source"] == "evaluation"
     for request_id, response in (("il-user", user), ("il-eval", evaluation)):
@@ -591,12 +589,11 @@ def test_service_without_a_model_starts_unready_and_says_why(tmp_path):
         message = f"no model 'catdog-classifier:latest' in the BentoML store at {home}"
         assert message in response.json()["detail"]
         assert "prefect deployment run package/champion" in response.json()["detail"]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # both workers up (the second may start later)
-            log = server.log_tail(400).splitlines()
-            if sum("Service CatDogClassifier initialized" in x for x in log) == 2:
-                break
-            time.sleep(0.5)
+        log = poll(  # both workers up (the second may start later)
+            lambda: server.log_tail(400).splitlines(),
+            lambda lines: sum("Service CatDogClassifier initialized" in x for x in lines) == 2,
+            timeout=60,
+        )
         startup_errors = [json.loads(x) for x in log if '"event":"model_missing"' in x]
         assert len(startup_errors) == 1, log  # one clear error, not a traceback per worker
         assert startup_errors[0]["level"] == "error" and message in startup_errors[0]["message"]

@@ -16,6 +16,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from catdog_runtime.waits import poll
 from model_lib.client import metric_samples, metric_total
 from tests.conftest import TEST_IMAGES
 from tests.integration.service_runner import save_to_store, serving
@@ -129,16 +130,15 @@ def test_a_client_that_disconnects_mid_upload_frees_its_slot(limited):
                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n" + b"x" * 1000
             )
             time.sleep(0.3)  # the service is reading the body when the client goes
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        gone = metric_total(
+    gone = poll(
+        lambda: metric_total(
             metric_samples(limited.url),
             "catdog_rejected_requests_total",
             reason="client_disconnected",
-        )
-        if gone == 5:
-            break
-        time.sleep(0.5)
+        ),
+        lambda count: count == 5,
+        timeout=20,
+    )
     assert gone == 5
     assert post(limited.url, PHOTO.read_bytes()).status_code == 200
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bench.servers import free_port
-from bench.servers import run as run_cli
+from catdog_runtime.processes import free_port
+from catdog_runtime.processes import run as run_cli
 from tests.integration.conftest import SMALL_TRAINING, python_cli, run_deployment
 
 

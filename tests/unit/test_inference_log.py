@@ -7,14 +7,21 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from PIL import Image
 
-from bench.servers import ROOT
+from catdog_runtime.processes import ROOT
 from model_lib.image_stats import STAT_COLUMNS, image_statistics
-from model_lib.inference_log import COLUMNS, InferenceLog, InferenceRecorder, default_path
+from model_lib.inference_log import (
+    COLUMNS,
+    InferenceLog,
+    InferenceRecorder,
+    Retention,
+    default_path,
+)
 from tests.images import noise_image
 
 
@@ -224,3 +231,55 @@ def test_recorder_reports_write_errors_and_keeps_running(tmp_path):
     assert recorder.flush(10)
     assert ids(log) == ["fine"]
     recorder.close()
+
+
+# ---------------------------------------------------------------- retention
+def test_prune_deletes_rows_past_the_age_and_beyond_the_row_count(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    now = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    day = 86400
+    log.append_many(record(f"old{i}", timestamp=now - 40 * day + i) for i in range(7))
+    log.append_many(record(f"new{i}", timestamp=now - day + i) for i in range(10))
+    assert log.prune(Retention(max_age_days=30, max_rows=0, batch=3), now=now) == 7
+    assert ids(log, exclude_sources=()) == [f"new{i}" for i in range(10)]
+    assert log.prune(Retention(max_age_days=0, max_rows=4, batch=3), now=now) == 6
+    assert ids(log, exclude_sources=()) == [f"new{i}" for i in range(6, 10)]  # the newest
+    assert log.prune(Retention(max_age_days=30, max_rows=4), now=now) == 0
+    log.append(record("after"))  # the writer goes on after pruning
+    assert ids(log, exclude_sources=())[-1] == "after"
+
+
+def test_prune_creates_no_log(tmp_path):
+    log = InferenceLog(tmp_path / "missing" / "log.sqlite")
+    assert log.prune(Retention()) == 0
+    assert not (tmp_path / "missing").exists()
+
+
+def test_the_recorder_prunes_on_its_own_thread_even_when_idle(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    log.append_many(record(f"r{i}") for i in range(20))
+    recorder = InferenceRecorder(log, retention=Retention(max_rows=5, every_seconds=0.1))
+    deadline = time.monotonic() + 10
+    while recorder.pruned < 15 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert recorder.pruned == 15
+    assert ids(log, exclude_sources=()) == [f"r{i}" for i in range(15, 20)]
+    image = noise_image(1, size=(50, 40))
+    without_stats = {k: v for k, v in record("late").items() if k not in STAT_COLUMNS}
+    assert recorder.submit(image, 2048, without_stats)
+    assert recorder.flush(10)
+    time.sleep(0.3)  # the next pruning keeps the newest five
+    assert ids(log, exclude_sources=())[-1] == "late" and len(ids(log, exclude_sources=())) == 5
+    assert recorder.close()
+
+
+def test_the_upload_size_replaces_a_reduced_images_size_in_the_statistics(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite")
+    recorder = InferenceRecorder(log)
+    image = noise_image(1, size=(500, 375))  # decoded at 1/8 of 4000x3000
+    without_stats = {k: v for k, v in record("big").items() if k not in STAT_COLUMNS}
+    assert recorder.submit(image, 2048, without_stats, source_size=(4000, 3000))
+    assert recorder.flush(10)
+    (row,) = read(log)
+    assert (row["width"], row["height"], row["aspect_ratio"]) == (4000, 3000, 4000 / 3000)
+    assert recorder.close()

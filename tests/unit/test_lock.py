@@ -8,6 +8,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", re.MULTILINE)
 
@@ -55,3 +57,45 @@ def test_lock_pins_every_direct_dependency_exactly():
             assert locked[name] == requirement.split("==")[1], (
                 f"{name}: lock differs from pyproject"
             )
+
+
+LOCKS = ["requirements.lock", "bento/requirements.txt", "requirements-remotes.lock"]
+
+
+def entries(path: Path) -> dict[str, str]:
+    """name -> the pin with its continuation lines (hashes)."""
+    text = path.read_text()
+    starts = list(PIN.finditer(text))
+    return {
+        m[1].lower(): text[m.start() : starts[i + 1].start() if i + 1 < len(starts) else None]
+        for i, m in enumerate(starts)
+    }
+
+
+@pytest.mark.parametrize("name", LOCKS)
+def test_every_pin_carries_its_hashes(name):
+    """`make lock` writes hashes (scripts/lock.sh); install.sh, CI and the image verify them."""
+    pinned = entries(ROOT / name)
+    if name == "requirements.lock" and not any("--hash=" in e for e in pinned.values()):
+        pytest.skip("requirements.lock was made before lock.sh wrote hashes: run make lock")
+    missing = [n for n, e in pinned.items() if "--hash=sha256:" not in e]
+    assert not missing, f"{name}: pins without a hash: {missing}; run make lock"
+
+
+def test_dvc_plugins_are_locked_at_the_main_lock_versions():
+    locked = pins(ROOT / "requirements.lock")
+    remotes = pins(ROOT / "requirements-remotes.lock")
+    assert {"dvc-s3", "dvc-gs", "dvc-azure"} <= set(remotes)
+    differ = {n: (v, locked[n]) for n, v in remotes.items() if n in locked and locked[n] != v}
+    assert not differ, f"requirements-remotes.lock differs from requirements.lock: {differ}"
+
+
+def test_the_project_build_backend_is_locked():
+    """install.sh builds `-e .` without build isolation, with the locked setuptools."""
+    assert "setuptools" in pins(ROOT / "requirements.lock")
+
+
+def test_uv_is_bootstrapped_from_hashes_at_the_version_install_sh_expects():
+    wanted = re.search(r"^UV_VERSION=(\S+)", (ROOT / "scripts/install.sh").read_text(), re.M)
+    (entry,) = entries(ROOT / "scripts/uv-bootstrap.txt").values()
+    assert entry.startswith(f"uv=={wanted[1]} ") and "--hash=sha256:" in entry

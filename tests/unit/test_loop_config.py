@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from bench.servers import ROOT
+from catdog_runtime.processes import ROOT
 from flows import events
 
 EMITTED = {v for k, v in vars(events).items() if k.isupper() and isinstance(v, str)}
@@ -72,4 +72,7 @@ def test_retraining_has_a_cool_down_and_runs_one_at_a_time(monkeypatch):
     (retrain,) = [d for d in project["deployments"] if d["name"] == "retrain"]
     assert retrain["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert retrain["entrypoint"] == "flows/train.py:train"
-    assert retrain["parameters"]["config"]["architecture"] == "efficientnet_lite2"
+    # Retraining trains what train/transfer trains (one YAML anchor).
+    (transfer,) = [d for d in project["deployments"] if d["name"] == "transfer"]
+    assert retrain["parameters"]["config"] == transfer["parameters"]["config"]
+    assert transfer["parameters"]["config"]["architecture"] == "efficientnet_lite2"

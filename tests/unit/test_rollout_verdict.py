@@ -140,3 +140,32 @@ def test_a_canary_answering_one_class_for_everything_rolls_back():
     assert judge(CONFIG, Evidence(0.5, side(0.5).window, ("cat",)), None).reasons == (
         "it answers one class ('cat') for every photo of test_images",
     )
+
+
+def test_windows_of_two_replicas_add_up_bucket_by_bucket():
+    a = Window(10, 1, ((0.1, 4.0), (float("inf"), 10.0)))
+    b = Window(5, 0, ((0.1, 5.0), (0.5, 5.0), (float("inf"), 5.0)))
+    total = a + b
+    assert (total.requests, total.server_errors) == (15, 1)
+    assert total.buckets == ((0.1, 9.0), (0.5, 5.0), (float("inf"), 15.0))
+    assert (total - b).requests == a.requests
+
+
+def test_bentoml_metric_names_are_the_installed_bentomls():
+    """The names model_lib.rollout (and the alerting test's fake replica) use are BentoML's:
+    its HTTP middleware's metric names under its configuration's default namespace."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    from model_lib import rollout
+
+    package = Path(importlib.util.find_spec("bentoml").origin).parent / "_internal"
+    defaults = yaml.safe_load((package / "configuration/v2/default_configuration.yaml").read_text())
+    assert defaults["services"]["metrics"]["namespace"] == rollout.BENTOML_NAMESPACE
+    instruments = (package / "server/http/instruments.py").read_text()
+    for name in (rollout.DURATION_METRIC, rollout.REQUEST_TOTAL.split("_", 2)[2]):
+        assert f'name="{name}"' in instruments
+    for label in rollout.REQUEST_LABELS:
+        assert f'"{label}"' in instruments

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -164,3 +165,42 @@ def test_drain_reads_up_to_its_budget_and_no_more():
     assert body.received == 40 and not body.finished
     asyncio.run(body.drain(1000))
     assert body.received == 100 and body.finished
+
+
+class Trickle:
+    """ASGI `receive` of a client that sends a chunk and then nothing more."""
+
+    def __init__(self, first: bytes):
+        self.first = first
+
+    async def __call__(self) -> dict:
+        if self.first:
+            chunk, self.first = self.first, b""
+            return {"type": "http.request", "body": chunk, "more_body": True}
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+def test_a_body_that_stops_arriving_is_a_408_at_the_deadline():
+    body = multipart_body(("image", "cat.jpg", PHOTO))
+    headers = {"content-type": MULTIPART, "content-length": str(len(body))}
+
+    async def scenario():
+        form_headers = check_headers(headers, MAX_UPLOAD)
+        return await read_image(form_headers, Body(Trickle(body[:50]), timeout=0.2), MAX_UPLOAD)
+
+    started = time.monotonic()
+    with pytest.raises(RequestError) as caught:
+        asyncio.run(scenario())
+    assert time.monotonic() - started < 2
+    error = caught.value
+    assert (error.status, error.reason) == (408, "upload_timeout")
+    assert "50 bytes received" in error.detail and "CATDOG_UPLOAD_TIMEOUT_SECONDS" in error.detail
+    assert error.headers == {"Connection": "close"}
+
+
+def test_draining_a_body_that_stops_arriving_gives_up_quietly():
+    async def scenario():
+        await Body(Trickle(b"x" * 10), timeout=0.1).drain(10_000)
+
+    asyncio.run(scenario())  # no exception

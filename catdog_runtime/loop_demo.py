@@ -54,15 +54,16 @@ def main() -> None:
     batch = make_batch(Path(os.environ["CATDOG_DATA_DIR"]), run_dir / "demo-batch")
     step(f"1/3 ingest {batch} (40 new photos, 1 corrupt, 1 duplicate)")
     run(
-        "scripts/run_deployment.py",
+        "-m",
+        "catdog_runtime.run_deployment",
         "ingest/labelled",
         "--params",
         json.dumps({"folder": str(batch)}),
     )
     step("2/3 darker traffic to the service")
-    run("scripts/traffic.py", "--count", "120", "--shift", "darker")
+    run("-m", "catdog_runtime.traffic", "--count", "120", "--shift", "darker")
     step("3/3 evaluate/scheduled now: it should fail for drift (that failure is the alarm)")
-    if run("scripts/run_deployment.py", "evaluate/scheduled", check=False) == 0:
+    if run("-m", "catdog_runtime.run_deployment", "evaluate/scheduled", check=False) == 0:
         print("evaluation passed: no alarm was raised (was the traffic shifted enough?)")
     step(
         "the loop continues by itself; watch it in the Prefect UI:\n"

@@ -1,6 +1,6 @@
-"""A real PostgreSQL cluster for tests, started by the platform's own code.
+"""A throwaway PostgreSQL cluster (tests, bench), started by the platform's own code.
 
-scripts/services.py (start_postgres) runs initdb and the server in a fresh
+catdog_runtime.services (start_postgres) runs initdb and the server in a fresh
 folder on a free port, exactly as `make up PROFILE=scale` does.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.servers import free_port
-from scripts import services
+from catdog_runtime import services
+from catdog_runtime.processes import free_port
 
 
 @contextmanager

@@ -1,20 +1,22 @@
 """Send a stream of photos to the classifier, optionally shifted, to watch drift being detected.
 
-python scripts/traffic.py --count 200                 # like the training data
-python scripts/traffic.py --count 200 --shift darker  # then run evaluate/scheduled
+python -m catdog_runtime.traffic --count 200                 # like the training data
+python -m catdog_runtime.traffic --count 200 --shift darker  # then run evaluate/scheduled
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
+from model_lib.settings import PlatformSettings, PortSettings
 from model_lib.traffic import SHIFTS, send_traffic
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('BENTO_PORT', '3000')}")
+    service_url = PlatformSettings.from_env().service_url
+    default_url = service_url or f"http://127.0.0.1:{PortSettings.from_env().bento_port}"
+    parser.add_argument("--url", default=default_url)
     parser.add_argument("--folder", default="test_images", help="images to send (cycled)")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--shift", choices=SHIFTS, default="none")

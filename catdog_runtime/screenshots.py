@@ -1,7 +1,7 @@
 """Screenshots of the running platform for the README, with headless Chromium.
 
-    python scripts/screenshots.py            # writes docs/screenshots/*.png
-    python scripts/screenshots.py --loop     # the loop's pages, after `make loop-demo`
+    python -m catdog_runtime.screenshots            # writes docs/screenshots/*.png
+    python -m catdog_runtime.screenshots --loop     # the loop's pages, after `make loop-demo`
 
 Needs the platform up (`make all`) and Debian's chromium (`apt-get install chromium`).
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
+from model_lib.settings import PortSettings
 
 OUT = Path("docs/screenshots")
 
@@ -64,7 +65,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    prefect = f"http://127.0.0.1:{os.environ.get('PREFECT_PORT', '4200')}"
+    ports = PortSettings.from_env()
+    prefect = f"http://127.0.0.1:{ports.prefect_port}"
     if args.loop:
         # The event feed filtered to the project's events (a trailing * is a prefix in
         # the UI's `events` query), and the chain of runs they started.
@@ -73,8 +75,8 @@ def main() -> None:
         chromium_screenshot(f"{prefect}/runs", args.out / "loop-runs.png", height=1100)
         chromium_screenshot(f"{prefect}/automations", args.out / "loop-automations.png")
         return
-    mlflow_url = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    service = f"http://127.0.0.1:{os.environ.get('BENTO_PORT', '3000')}"
+    mlflow_url = os.environ.get("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{ports.mlflow_port}")
+    service = f"http://127.0.0.1:{ports.bento_port}"
 
     client = MlflowClient(mlflow_url)
     training = client.get_experiment_by_name("catdog-training")

@@ -1,9 +1,9 @@
 """Replicas of a bento behind HAProxy: start, weigh, drain, stop.
 
-    python scripts/balancer.py up|status|watch
+    python -m catdog_runtime.balancer up|status|watch
 
 Clients call one address, HAProxy on $BENTO_PORT; behind it, each replica is
-a `bentoml serve <bento_tag>` on a port of its own (scripts/services.py
+a `bentoml serve <bento_tag>` on a port of its own (catdog_runtime.services
 `replica`). What serves is recorded in $CATDOG_RUN_DIR/balancer/state.json;
 HAProxy's configuration is rendered from scripts/lb/haproxy.cfg.tmpl and that
 state when it starts. While it runs, every change goes through its runtime
@@ -15,7 +15,7 @@ connection (measured by bench/rollout.py).
 same port; HAProxy's health check takes it out of rotation meanwhile and puts
 it back once /readyz answers.
 
-Standard library only, like scripts/services.py: the deploy flow imports it,
+Light imports only, like catdog_runtime.services: the deploy flow imports it,
 and `make` runs it before anything heavy is imported.
 """
 
@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import grp
 import io
 import json
+import os
+import pwd
 import socket
 import sys
 import time
@@ -33,12 +36,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from string import Template
 
-try:
-    from scripts import services
-except ImportError:  # run as `python scripts/balancer.py`: this folder is on sys.path
-    import services
+from catdog_runtime import processes, services
+from catdog_runtime.processes import ROOT
+from catdog_runtime.waits import WaitTimeout, wait_until
 
-TEMPLATE = Path(__file__).resolve().parent / "lb" / "haproxy.cfg.tmpl"
+TEMPLATE = ROOT / "scripts" / "lb" / "haproxy.cfg.tmpl"
 BACKEND = "replicas"
 FULL_WEIGHT = 100
 # Health checks: a replica is out after 2 failed checks 1 s apart, back after 2 good ones.
@@ -105,12 +107,36 @@ def _server_line(replica: Replica) -> str:
 def render(replicas: list[Replica]) -> str:
     return Template(TEMPLATE.read_text()).substitute(
         socket=socket_path(),
-        port=services.env_int("BENTO_PORT", 3000),
-        bufsize=services.env_int("CATDOG_LB_BUFSIZE", 131072),
-        maxconn=services.env_int("CATDOG_LB_MAXCONN", 512),
+        port=services.ports().bento_port,
+        platform_port=platform_port(),
+        client_rate=services.settings().lb_client_rate,
+        client_conns=services.settings().lb_client_conns,
+        run_as=run_as(),
+        bufsize=services.settings().lb_bufsize,
+        maxconn=services.settings().lb_maxconn,
         monitor_uri=services.BALANCER_MONITOR_URI,
         servers="\n".join(f"    {_server_line(r)}" for r in replicas),
     )
+
+
+def run_as() -> str:
+    """HAProxy's `user`/`group` lines when started as root: `haproxy` (Debian's
+    package creates it), else `nobody`. Empty for anyone else (HAProxy can only
+    drop privileges it has)."""
+    if os.geteuid() != 0:
+        return ""
+    for name in ("haproxy", "nobody"):
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return f"    user {user.pw_name}\n    group {grp.getgrgid(user.pw_gid).gr_name}"
+    raise BalancerError("started as root, and neither user haproxy nor nobody exists")
+
+
+def platform_port() -> int:
+    """HAProxy's second, local-only frontend for the platform's own traffic."""
+    return services.settings().platform_port or services.ports().bento_port + 1
 
 
 @contextmanager
@@ -173,12 +199,10 @@ def server_stats() -> dict[str, dict[str, str]]:
 
 
 def wait_for(condition, what: str, timeout: float, detail=None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            seen = f" (last seen: {detail()})" if detail else ""
-            raise BalancerError(f"{what} did not happen within {timeout:.0f} s{seen}")
-        time.sleep(0.25)
+    try:
+        wait_until(condition, what, timeout, detail=detail)
+    except WaitTimeout as exc:
+        raise BalancerError(str(exc)) from None
 
 
 def checked_up(name: str) -> bool:
@@ -221,36 +245,24 @@ def _clear_leftovers(replica: Replica) -> None:
     """
     leftovers = {
         pid
-        for pid in services.listener_pids(replica.port) or ()
-        if replica.bento_tag in (services.command_line(pid) or [])
+        for pid in processes.listener_pids(replica.port) or ()
+        if replica.bento_tag in (processes.command_line(pid) or [])
     }
     if leftovers:
         services.log(f"{replica.name}: killing leftover worker(s) {sorted(leftovers)}")
-        services.kill_all(leftovers)
+        processes.kill_all(leftovers)
         wait_for(
-            lambda: not services.listener_pids(replica.port),
+            lambda: not processes.listener_pids(replica.port),
             f"port {replica.port} to be free",
             timeout=30,
         )
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports nothing listens on now (held together while chosen)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def start_replicas(bento_tag: str, count: int) -> list[Replica]:
     """`count` new replicas of `bento_tag`, ready, but not yet behind the balancer.
 
     They start at once and are waited for together: their cold starts overlap."""
-    replicas = [Replica(port, bento_tag, weight=0) for port in free_ports(count)]
+    replicas = [Replica(port, bento_tag, weight=0) for port in processes.free_ports(count)]
     try:
         for replica in replicas:
             services.prepare_replica_home(replica.port)
@@ -341,7 +353,7 @@ def status() -> None:
 def main(argv: list[str]) -> int:
     actions = {"up": up, "status": status, "watch": watch}
     if len(argv) != 1 or argv[0] not in actions:
-        print(f"usage: {Path(__file__).name} {'|'.join(actions)}", file=sys.stderr)
+        print(f"usage: python -m catdog_runtime.balancer {'|'.join(actions)}", file=sys.stderr)
         return 2
     try:
         actions[argv[0]]()

@@ -1,12 +1,13 @@
 """Start, stop and inspect the platform's background services.
 
-    python scripts/services.py up|down|status      (make up / down / status)
+    python -m catdog_runtime.services up|down|status      (make up / down / status)
 
-The balancer and its replicas are started by scripts/balancer.py (make serve).
+The balancer and its replicas are started by catdog_runtime.balancer (make serve).
 
 Every service runs in its own session (so it outlives this command and stops
 as a group), with its pid file and log under $CATDOG_RUN_DIR. Settings come
-from the environment that scripts/env.sh exports.
+from the environment that scripts/env.sh exports. Processes are started, inspected
+and stopped by catdog_runtime.processes; every wait is catdog_runtime.waits.
 
 Made for slow and busy machines: a cold start may take minutes (waited for,
 with progress, up to $CATDOG_START_TIMEOUT seconds), while a real error fails
@@ -14,7 +15,7 @@ at once: the process exited, its port is held by another program, or its log
 shows a fatal error. A pid file is trusted only while that pid still runs the
 command it was started with, so `down` never signals an unrelated process.
 
-Standard library only: this runs before anything heavy is imported.
+Light imports only (psutil, tenacity, httpx): this runs before anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -28,12 +29,22 @@ import string
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from catdog_runtime import prefect_api
+from catdog_runtime.processes import (
+    ROOT,
+    command_line,
+    describe,
+    listener_pids,
+    runs_command,
+    spawn,
+    stop_tree,
+)
+from catdog_runtime.waits import WaitTimeout, http_ok, wait_until
+from model_lib.settings import PlatformSettings, PortSettings
+
 PROGRESS_EVERY_SECONDS = 15
 # Lines that mean the process will never become healthy; seen in these servers' logs.
 # Written to a service's log before each start (fatal_line reads after the last one).
@@ -69,7 +80,22 @@ class Service:
 
 
 def run_dir() -> Path:
-    return Path(os.environ.get("CATDOG_RUN_DIR") or ROOT / ".run")
+    return settings().run_dir or ROOT / ".run"
+
+
+def settings() -> PlatformSettings:
+    """The runtime's part of the settings (model_lib.settings), read now."""
+    try:
+        return PlatformSettings.from_env()
+    except ValueError as error:
+        raise ServiceError(str(error)) from None
+
+
+def ports() -> PortSettings:
+    try:
+        return PortSettings.from_env()
+    except ValueError as error:
+        raise ServiceError(str(error)) from None
 
 
 def env_int(name: str, default: int) -> int:
@@ -80,32 +106,6 @@ def env_int(name: str, default: int) -> int:
 
 
 # ------------------------------------------------------------------ processes
-def command_line(pid: int) -> list[str] | None:
-    """The argv of a process: None when there is no such process, [] for a zombie."""
-    for _ in range(40):
-        try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return None
-        if raw or state == "Z":
-            return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-        time.sleep(0.05)  # a process that is exec'ing shows an empty cmdline for a moment
-    return []
-
-
-def runs_command(pid: int, argv: list[str]) -> bool:
-    """Whether `pid` runs `argv` (a console script shows up as `python SCRIPT args...`)."""
-    actual = command_line(pid)
-    if not actual:
-        return False
-    tail = argv[1:]
-    program_seen = any(
-        Path(part).name == Path(argv[0]).name for part in actual[: -len(tail) or None]
-    )
-    return program_seen and (not tail or actual[-len(tail) :] == tail)
-
-
 def owned_pid(service: Service) -> int | None:
     """The pid in the service's pid file, if that process still runs the service."""
     try:
@@ -122,54 +122,6 @@ def owned_pid(service: Service) -> int | None:
     log(f"{service.name}: stale pid file {service.pid_file} (pid {pid} {what}); ignoring it")
     service.pid_file.unlink(missing_ok=True)
     return None
-
-
-def descendants(pid: int) -> set[int]:
-    """`pid` and every process below it (a server may listen from a child process)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        current = todo.pop()
-        if current not in found:
-            found.add(current)
-            todo.extend(children.get(current, []))
-    return found
-
-
-def listener_pids(port: int) -> set[int] | None:
-    """Pids listening on TCP `port` (empty set: none; None: something listens, owner unknown)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(parts[9])
-    if not inodes:
-        return set()
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    pids = set()
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        try:
-            if any(os.readlink(fd) in wanted for fd in fd_dir.iterdir()):
-                pids.add(int(fd_dir.parent.name))
-        except OSError:
-            continue
-    return pids or None
-
-
-def describe(pid: int) -> str:
-    argv = command_line(pid)
-    return f"pid {pid} (`{' '.join(argv)[:160]}`)" if argv else f"pid {pid}"
 
 
 def check_port_free(service: Service) -> None:
@@ -227,40 +179,20 @@ def start(service: Service) -> int:
         return pid
     check_port_free(service)
     service.log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(service.log_file, "ab") as log_handle:
-        log_handle.write(f"{START_MARKER} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        log_handle.flush()
-        process = subprocess.Popen(
-            service.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, **service.env},
-            start_new_session=True,
-        )
+    with open(service.log_file, "a") as log_handle:
+        log_handle.write(f"{START_MARKER} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    process = spawn(service.argv, service.log_file, {**os.environ, **service.env})
     service.pid_file.write_text(json.dumps({"pid": process.pid, "argv": service.argv}))
     log(f"started {service.name} (pid {process.pid}), log: {service.log_file}")
     return process.pid
 
 
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+def wait_for_service(service: Service, ready, what: str) -> None:
+    """Wait until `ready()`; fail at once when the service cannot get there."""
+    timeout = settings().start_timeout
 
-
-def wait_until(service: Service, ready, what: str) -> None:
-    """Poll `ready()` until it is true; fail at once when the service cannot get there."""
-    timeout = env_int("CATDOG_START_TIMEOUT", 600)
-    started = time.monotonic()
-    next_progress = started + PROGRESS_EVERY_SECONDS
-    while not ready():
-        elapsed = time.monotonic() - started
-        pid = owned_pid(service)
-        if pid is None:
+    def check() -> None:
+        if owned_pid(service) is None:
             raise ServiceError(
                 f"{service.name} exited during start-up; last lines of {service.log_file}:\n"
                 f"{log_tail(service)}"
@@ -272,21 +204,33 @@ def wait_until(service: Service, ready, what: str) -> None:
                 f"{service.name} failed to start: {line}\nlast lines of {service.log_file}:\n"
                 f"{log_tail(service)}"
             )
-        if elapsed > timeout:
-            raise ServiceError(
-                f"{service.name} still not {what} after {timeout} s (it is running, pid {pid}); "
-                f"a slow machine may need more: CATDOG_START_TIMEOUT=1200. "
-                f"Last lines of {service.log_file}:\n{log_tail(service)}"
-            )
-        if time.monotonic() >= next_progress:
-            log(f"  waiting for {service.name} to be {what}: {elapsed:.0f} s of up to {timeout} s")
-            next_progress += PROGRESS_EVERY_SECONDS
-        time.sleep(1)
-    log(f"{service.name} {what} (waited {time.monotonic() - started:.0f} s)")
+
+    def progress(elapsed: float) -> None:
+        log(f"  waiting for {service.name} to be {what}: {elapsed:.0f} s of up to {timeout} s")
+
+    try:
+        waited = wait_until(
+            ready,
+            f"{service.name} {what}",
+            timeout,
+            interval=1,
+            check=check,
+            progress=progress,
+            progress_every=PROGRESS_EVERY_SECONDS,
+        )
+    except WaitTimeout:
+        raise ServiceError(
+            f"{service.name} still not {what} after {timeout} s (it is running, "
+            f"pid {owned_pid(service)}); a slow machine may need more: CATDOG_START_TIMEOUT=1200. "
+            f"Last lines of {service.log_file}:\n{log_tail(service)}"
+        ) from None
+    log(f"{service.name} {what} (waited {waited:.0f} s)")
 
 
 def wait_healthy(service: Service) -> None:
-    wait_until(service, lambda: healthy(service.health_url), f"healthy at {service.health_url}")
+    wait_for_service(
+        service, lambda: http_ok(service.health_url), f"healthy at {service.health_url}"
+    )
 
 
 def stop(service: Service, grace_seconds: float = 20) -> None:
@@ -294,43 +238,10 @@ def stop(service: Service, grace_seconds: float = 20) -> None:
     if pid is None:
         service.pid_file.unlink(missing_ok=True)
         return
-    # Children may run in sessions of their own (bentoml's workers do): a SIGKILL
-    # of the group alone would leave them running, holding the port.
-    tree = descendants(pid)
-    try:
-        os.killpg(pid, service.stop_signal)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline and command_line(pid) is not None:
-        time.sleep(0.25)
-        reap(pid)
-    if command_line(pid) is not None:
-        log(f"{service.name} did not stop within {grace_seconds:.0f} s: SIGKILL")
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        kill_all(tree)
+    if not stop_tree(pid, service.stop_signal, grace_seconds):
+        log(f"{service.name} did not stop within {grace_seconds:.0f} s: killed it")
     service.pid_file.unlink(missing_ok=True)
     log(f"stopped {service.name}")
-
-
-def kill_all(pids: set[int]) -> None:
-    """SIGKILL every pid of `pids` that still runs."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def reap(pid: int) -> None:
-    """Collect `pid` if it is our own child (a service started by this same command)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 # ------------------------------------------------------------------ the platform
@@ -340,9 +251,8 @@ def bin_path(name: str) -> str:
 
 def services(profile: str | None = None) -> dict[str, Service]:
     """The platform's services for `profile` (default: $CATDOG_PROFILE)."""
-    env = os.environ
     state = run_dir()
-    mlflow_port, prefect_port = int(env["MLFLOW_PORT"]), int(env["PREFECT_PORT"])
+    mlflow_port, prefect_port = ports().mlflow_port, ports().prefect_port
     mlflow_dir = state / "mlflow"
     platform = {
         "mlflow": Service(
@@ -387,7 +297,7 @@ def services(profile: str | None = None) -> dict[str, Service]:
                 "worker",
                 "start",
                 "--pool",
-                env["CATDOG_WORK_POOL"],
+                settings().work_pool,
                 "--type",
                 "process",
                 # A name of its own, so `up` can tell this worker's heartbeat from
@@ -410,7 +320,7 @@ BALANCER_MONITOR_URI = "/lb/healthz"
 
 def balancer_services() -> dict[str, Service]:
     """The balancer and its watchdog: they need only BENTO_PORT (and CATDOG_RUN_DIR)."""
-    bento_port = env_int("BENTO_PORT", 3000)
+    bento_port = ports().bento_port
     return {
         # The one address clients call (CATDOG_SERVICE_URL); replicas sit behind it.
         "haproxy": Service(
@@ -422,10 +332,8 @@ def balancer_services() -> dict[str, Service]:
             # Soft stop: finish the requests in flight, then exit.
             stop_signal=signal.SIGUSR1,
         ),
-        # Restarts a replica that died (scripts/balancer.py watch).
-        "watchdog": Service(
-            "watchdog", [sys.executable, str(ROOT / "scripts" / "balancer.py"), "watch"]
-        ),
+        # Restarts a replica that died (catdog_runtime.balancer watch).
+        "watchdog": Service("watchdog", [sys.executable, "-m", "catdog_runtime.balancer", "watch"]),
     }
 
 
@@ -483,14 +391,10 @@ def replicas_started() -> list[Service]:
 
 def worker_online(pool: str, name: str) -> bool:
     """Whether the Prefect API lists worker `name` online in `pool`."""
-    url = f"{os.environ['PREFECT_API_URL']}/work_pools/{pool}/workers/filter"
-    request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            workers = json.load(response)
-    except (urllib.error.URLError, OSError, ValueError):
+        return name in prefect_api.PrefectAPI(patience=0).online_workers(pool)
+    except prefect_api.PrefectAPIError:
         return False
-    return any(w.get("name") == name and w.get("status") == "ONLINE" for w in workers)
 
 
 def up() -> None:
@@ -508,7 +412,7 @@ def up() -> None:
         start(worker)
         argv = json.loads(worker.pid_file.read_text())["argv"]  # the running worker's own
         pool, name = argv[argv.index("--pool") + 1], argv[argv.index("--name") + 1]
-        wait_until(
+        wait_for_service(
             worker, lambda p=pool, n=name: worker_online(p, n), f"online in work pool {pool!r}"
         )
     if "prometheus" in platform:
@@ -562,10 +466,7 @@ MONITORING_DIR = ROOT / "monitoring"
 
 
 def current_profile() -> str:
-    profile = os.environ.get("CATDOG_PROFILE") or os.environ.get("PROFILE") or "default"
-    if profile not in ("default", "scale"):
-        raise ServiceError(f"unknown PROFILE {profile!r}: use default or scale")
-    return profile
+    return settings().profile
 
 
 def require_debian_packages(*packages: str) -> None:
@@ -584,7 +485,7 @@ def pg_bin(program: str, required: bool = True) -> str:
     Not `required`: the bare name when not installed yet (`down` and `status`
     need the service's name only).
     """
-    configured = os.environ.get("CATDOG_PG_BIN")
+    configured = settings().pg_bin
     candidates = [Path(configured)] if configured else []
     candidates += sorted(
         Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True
@@ -607,15 +508,13 @@ def as_pg_os_user(argv: list[str]) -> list[str]:
 
 def scale_services(base: dict[str, Service]) -> dict[str, Service]:
     """The services PROFILE=scale adds or changes, given the default profile's."""
-    env = os.environ
     state = run_dir()
-    pg_port = env_int("CATDOG_PG_PORT", 5433)
-    prometheus_port = env_int("PROMETHEUS_PORT", 9090)
-    pushgateway_port = env_int("PUSHGATEWAY_PORT", 9091)
+    pg_port = settings().pg_port
+    prometheus_port, pushgateway_port = ports().prometheus_port, ports().pushgateway_port
     mlflow = base["mlflow"]
     argv = list(mlflow.argv)
     store = argv.index("--backend-store-uri") + 1
-    argv[store] = env.get("CATDOG_MLFLOW_BACKEND_URI") or argv[store]
+    argv[store] = settings().mlflow_backend_uri or argv[store]
     # Clients upload and download artifacts through the server: workers on
     # other hosts need no shared folder (and no object-store credentials).
     # (No --expose-prometheus: it needs prometheus-flask-exporter, a Flask-era
@@ -656,7 +555,7 @@ def scale_services(base: dict[str, Service]) -> dict[str, Service]:
     worker = replace(worker, argv=[*worker.argv, "--limit", "1"])
     added["worker"] = worker
     name_at = worker.argv.index("--name") + 1
-    for number in range(2, env_int("CATDOG_PREFECT_WORKERS", 2) + 1):
+    for number in range(2, settings().prefect_workers + 1):
         argv = list(worker.argv)
         argv[name_at] = f"{argv[name_at]}-{number}"
         added[f"worker-{number}"] = replace(worker, name=f"worker-{number}", argv=argv)
@@ -734,7 +633,7 @@ def start_postgres(service: Service) -> None:
             )
             raise ServiceError(f"initdb failed: {result.stderr.strip()[-600:]}{hint}")
     start(service)
-    wait_until(service, lambda: pg_ready(service), f"accepting connections on {service.port}")
+    wait_for_service(service, lambda: pg_ready(service), f"accepting connections on {service.port}")
     psql = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(service.port), "-U", PG_USER]
     listed = subprocess.run(
         [*psql, "-d", "postgres", "-tAc", "SELECT datname FROM pg_database"],
@@ -774,13 +673,12 @@ def write_service_targets(addresses: list[str]) -> None:
 
 def render_prometheus_config(interval: str | None = None, rules: Path | None = None) -> Path:
     """monitoring/prometheus.yml.in with this platform's ports and folders."""
-    env = os.environ
     values = {
-        "interval": interval or env.get("CATDOG_SCRAPE_INTERVAL") or "15s",
+        "interval": interval or settings().scrape_interval,
         "rules": str(rules or MONITORING_DIR / "alerts.yml"),
         "service_targets": str(service_targets_file()),
-        "prefect": f"127.0.0.1:{env_int('PREFECT_PORT', 4200)}",
-        "pushgateway": f"127.0.0.1:{env_int('PUSHGATEWAY_PORT', 9091)}",
+        "prefect": f"127.0.0.1:{ports().prefect_port}",
+        "pushgateway": f"127.0.0.1:{ports().pushgateway_port}",
     }
     text = string.Template((MONITORING_DIR / "prometheus.yml.in").read_text()).substitute(values)
     config = run_dir() / "prometheus" / "prometheus.yml"
@@ -795,7 +693,7 @@ def start_monitoring(platform: dict[str, Service]) -> None:
     render_prometheus_config()
     if not service_targets_file().exists():
         # No replica yet: scrape nothing until the first rollout records its replicas
-        # (scripts/balancer.py rewrites this file whenever the replicas change).
+        # (catdog_runtime.balancer rewrites this file whenever the replicas change).
         write_service_targets([])
     (run_dir() / "pushgateway").mkdir(parents=True, exist_ok=True)
     for name in SCALE_MONITORING:
@@ -807,7 +705,7 @@ def start_monitoring(platform: dict[str, Service]) -> None:
 def main(argv: list[str]) -> int:
     actions = {"up": up, "down": down, "status": status}
     if len(argv) != 1 or argv[0] not in actions:
-        print(f"usage: {Path(__file__).name} {'|'.join(actions)}", file=sys.stderr)
+        print(f"usage: python -m catdog_runtime.services {'|'.join(actions)}", file=sys.stderr)
         return 2
     (run_dir() / "logs").mkdir(parents=True, exist_ok=True)
     try:

@@ -1,4 +1,5 @@
-"""scripts/services.py without starting the platform: pid files, ports, fatal logs."""
+"""The supervisor (catdog_runtime.services, .processes) on real processes: pid files, ports,
+fatal logs. (Starts processes, so not a unit test.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from scripts import services
+from catdog_runtime import services
 
 
 @pytest.fixture
@@ -123,8 +124,8 @@ def test_fatal_log_line_fails_at_once(run_dir, monkeypatch):
 
 def test_start_timeout_must_be_a_positive_number(monkeypatch):
     monkeypatch.setenv("CATDOG_START_TIMEOUT", "soon")
-    with pytest.raises(services.ServiceError, match="CATDOG_START_TIMEOUT must be"):
-        services.env_int("CATDOG_START_TIMEOUT", 600)
+    with pytest.raises(services.ServiceError, match="CATDOG_START_TIMEOUT='soon'"):
+        services.settings()
 
 
 def test_a_fatal_line_of_an_earlier_start_does_not_fail_the_next(run_dir):

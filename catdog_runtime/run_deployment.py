@@ -1,28 +1,27 @@
 """Run a Prefect deployment through the worker and follow it to the end.
 
-    python scripts/run_deployment.py train/baseline [--params JSON]
+    python -m catdog_runtime.run_deployment train/baseline [--params JSON]
 
 What `prefect deployment run NAME --watch` does, plus what a make target
 needs on a busy machine: the run's own log lines stream to the terminal, a run
 that no worker picks up within $CATDOG_PICKUP_TIMEOUT seconds is cancelled
 with a message that says why (is a worker online in the pool?), and the wait
 for the result is bounded by $CATDOG_RUN_TIMEOUT; an API call that times out
-or answers 5xx is retried for $CATDOG_API_PATIENCE seconds. Exit status 0 only for a
-Completed run. Talks to the Prefect REST API with httpx: no Prefect import,
-which takes a minute on a slow machine.
+or answers 5xx is retried for $CATDOG_API_PATIENCE seconds
+(catdog_runtime.prefect_api). Exit status 0 only for a Completed run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
 
-import httpx
+from catdog_runtime.prefect_api import PrefectAPI, PrefectAPIError, ui_url
+from model_lib.settings import PlatformSettings
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 POLL_SECONDS = 2
@@ -34,61 +33,6 @@ class RunProblem(RuntimeError):
 
 def say(message: str) -> None:
     print(f"[run] {message}", flush=True)
-
-
-def env_seconds(name: str, default: int) -> int:
-    raw = os.environ.get(name) or str(default)
-    if not raw.isdigit() or int(raw) < 1:
-        raise RunProblem(f"{name} must be a positive number of seconds, got {raw!r}")
-    return int(raw)
-
-
-class PrefectAPI:
-    """The few REST calls this script makes. A busy server (SQLite locked, a slow machine)
-    can time out or answer 5xx for a while: calls are retried until $CATDOG_API_PATIENCE
-    seconds have passed, then fail with a message that says what to do."""
-
-    def __init__(self, url: str, patience: float):
-        self.url = url.rstrip("/")
-        self.patience = patience
-        self.http = httpx.Client(base_url=self.url, timeout=30)
-
-    def call(self, method: str, path: str, **kwargs):
-        deadline = time.monotonic() + self.patience
-        pause = 1.0
-        while True:
-            try:
-                response = self.http.request(method, path, **kwargs)
-                problem = f"{response.status_code}: {response.text[:300]}"
-                transient = response.status_code >= 500 or response.status_code == 429
-            except httpx.TransportError as exc:
-                response, problem, transient = None, f"{type(exc).__name__}: {exc}", True
-            if not transient or time.monotonic() + pause > deadline:
-                break
-            say(f"{method} {path} -> {problem}; retrying in {pause:.0f} s")
-            time.sleep(pause)
-            pause = min(pause * 2, 15)
-        if response is None:
-            raise RunProblem(
-                f"the Prefect API at {self.url} does not answer ({problem}) after "
-                f"{self.patience:.0f} s; start it with `make up`, check `make status`"
-            )
-        if response.status_code == 404 and path.startswith("/deployments/name/"):
-            raise RunProblem(
-                f"no deployment {path.removeprefix('/deployments/name/')} on {self.url}: "
-                "register the deployments with `make deploy`"
-            )
-        if response.is_error:
-            raise RunProblem(f"{method} {path} -> {problem}")
-        return response.json() if response.content else None
-
-    def online_workers(self, pool: str) -> list[str]:
-        workers = self.call("POST", f"/work_pools/{pool}/workers/filter", json={})
-        return [w["name"] for w in workers if w.get("status") == "ONLINE"]
-
-
-def ui_url(api_url: str, flow_run_id: str) -> str:
-    return f"{api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
 
 
 def print_new_logs(api: PrefectAPI, flow_run_id: str, after: str | None) -> str | None:
@@ -106,12 +50,12 @@ def print_new_logs(api: PrefectAPI, flow_run_id: str, after: str | None) -> str 
 
 
 def run(name: str, parameters: dict) -> int:
-    api = PrefectAPI(
-        os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api",
-        patience=env_seconds("CATDOG_API_PATIENCE", 300),
-    )
-    pickup_timeout = env_seconds("CATDOG_PICKUP_TIMEOUT", 300)
-    run_timeout = env_seconds("CATDOG_RUN_TIMEOUT", 7200)
+    try:
+        settings = PlatformSettings.from_env()
+    except ValueError as error:
+        raise RunProblem(str(error)) from None
+    api = PrefectAPI(patience=settings.api_patience, say=say)
+    pickup_timeout, run_timeout = settings.pickup_timeout, settings.run_timeout
     deployment = api.call("GET", f"/deployments/name/{name}")
     pool = deployment.get("work_pool_name")
     # The key makes a retried create (its first answer lost in a timeout) return the same
@@ -193,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return run(args.deployment, parameters)
-    except RunProblem as problem:
+    except (RunProblem, PrefectAPIError) as problem:
         print(f"[run] ERROR: {problem}", file=sys.stderr)
         return 1
 
