@@ -50,11 +50,14 @@ def build_app(model_uri: str):
         picture = Image.open(io.BytesIO(image.file.read())).convert("RGB")
         with torch.no_grad():
             probs = torch.softmax(model(transform(picture).unsqueeze(0)), dim=1)[0]
+        # A model with a `neither` output has one more logit than pet classes; the
+        # naive server takes the argmax, without the calibrated threshold.
+        names = class_names + ["neither"] * (len(probs) - len(class_names))
         best = int(probs.argmax())
         return {
-            "label": class_names[best],
+            "label": names[best],
             "confidence": float(probs[best]),
-            "probabilities": dict(zip(class_names, probs.tolist(), strict=True)),
+            "probabilities": dict(zip(names, probs.tolist(), strict=True)),
         }
 
     return app
