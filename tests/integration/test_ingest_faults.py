@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from catdog_runtime.processes import ROOT
 
+from catdog_runtime.processes import ROOT
 from model_lib import data as data_lib
 from model_lib.ingest import JOURNAL_NAME, KILL_AT_ENV, STAGING_NAME, ingest, recover
 from tests.images import write_dataset
