@@ -20,8 +20,8 @@ def stats_frame(paths, shift="none"):
 @pytest.fixture(scope="module")
 def photos(real_data):
     items, _ = discover_images(DATA)
-    train, val = split(items, 20, 0.1)  # ~1000 photos, both classes
-    return [i.path for i in train][:400], [i.path for i in val][:80]
+    parts = split(items, val_percent=20, test_percent=10, fraction=0.1)  # ~1000 photos
+    return [i.path for i in parts.train][:400], [i.path for i in parts.val][:80]
 
 
 def test_unshifted_photos_show_no_drift(photos, tmp_path):
