@@ -172,7 +172,10 @@ def test_rollback_puts_the_previous_version_back(platform, balancer_env, live, c
     )
 
 
-def test_a_killed_replica_costs_no_request_and_is_restarted(live):
+def test_a_killed_replica_costs_at_most_the_requests_it_held_and_is_restarted(live):
+    """HAProxy retries only what is safe to retry (a refused connection, a 503): a
+    request the replica held when it died is answered 502, not replayed (it may be what
+    killed it). So each of the client's two connections may lose one request."""
     from catdog_runtime import balancer, services
 
     replicas = balancer.load()
@@ -195,5 +198,6 @@ def test_a_killed_replica_costs_no_request_and_is_restarted(live):
             900,
         )
     assert client.records, "the client sent nothing"
-    assert failures(client) == []
+    lost = failures(client)
+    assert all(status == 502 for status, _ in lost) and len(lost) <= 2, lost
     assert [r.port for r in balancer.load()] == [r.port for r in replicas]
