@@ -29,7 +29,7 @@ all: setup up  ## the main job, end to end (see README)
 	$(ENV) python -m catdog_runtime.traffic --count 60
 	@$(MAKE) --no-print-directory urls
 
-$(VENV_STAMP): requirements.lock pyproject.toml scripts/install.sh
+$(VENV_STAMP): requirements.lock pyproject.toml scripts/install.sh scripts/uv-bootstrap.txt
 	PYTHON=$(PYTHON) scripts/install.sh
 	touch $@
 

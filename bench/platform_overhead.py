@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from catdog_runtime import services
+from catdog_runtime import processes, services
 
 TRAIN_SNIPPET = """
 import sys, time, torch
@@ -53,7 +53,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def group_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of `pid` and all its descendants, alive now."""
     total = 0
-    for member in services.descendants(pid):
+    for member in processes.descendants(pid):
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

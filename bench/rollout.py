@@ -155,7 +155,8 @@ def scenario(title: str, url: str, settle: float, action) -> dict:
 
 
 def kill_one_replica() -> dict:
-    from catdog_runtime import balancer, services
+    from catdog_runtime import balancer, processes, services
+    from catdog_runtime.waits import http_ok
 
     replicas = balancer.load()
     if len(replicas) < 2:
@@ -163,8 +164,8 @@ def kill_one_replica() -> dict:
     victim = replicas[0]
     pid = services.owned_pid(victim.service)
     # The whole replica: `bentoml serve` and its workers (which run in sessions of their own).
-    tree = services.descendants(pid)
-    services.kill_all(tree)
+    tree = processes.descendants(pid)
+    processes.kill_all(tree)
     killed = time.monotonic()
     print(f"    killed replica {victim.name} (pids {sorted(tree)}) with SIGKILL", flush=True)
     balancer.wait_for(
@@ -174,7 +175,7 @@ def kill_one_replica() -> dict:
     )
     restarted = time.monotonic()
     balancer.wait_for(
-        lambda: services.healthy(victim.service.health_url) and balancer.checked_up(victim.name),
+        lambda: http_ok(victim.service.health_url) and balancer.checked_up(victim.name),
         "the restarted replica back in HAProxy",
         timeout=900,
     )

@@ -176,7 +176,8 @@ def test_a_killed_replica_costs_at_most_the_requests_it_held_and_is_restarted(li
     """HAProxy retries only what is safe to retry (a refused connection, a 503): a
     request the replica held when it died is answered 502, not replayed (it may be what
     killed it). So each of the client's two connections may lose one request."""
-    from catdog_runtime import balancer, services
+    from catdog_runtime import balancer, processes, services
+    from catdog_runtime.waits import http_ok
 
     replicas = balancer.load()
     assert len(replicas) == 2
@@ -185,14 +186,14 @@ def test_a_killed_replica_costs_at_most_the_requests_it_held_and_is_restarted(li
     with looping_client(live["url"]) as client:
         balancer.wait_for(lambda: len(client.records) > 20, "20 answers before the kill", 120)
         # The whole replica: `bentoml serve` and its workers (in sessions of their own).
-        services.kill_all(services.descendants(pid))
+        processes.kill_all(processes.descendants(pid))
         # The watchdog starts it again on the same port; HAProxy's check puts it back.
         balancer.wait_for(
             lambda: services.owned_pid(victim.service) not in (None, pid), "a restart", 120
         )
         balancer.wait_for(
             lambda: (
-                services.healthy(victim.service.health_url) and balancer.checked_up(victim.name)
+                http_ok(victim.service.health_url) and balancer.checked_up(victim.name)
             ),
             "the restarted replica back in HAProxy",
             900,
