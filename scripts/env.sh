@@ -35,6 +35,23 @@ if [ "$CATDOG_PROFILE" = scale ]; then
     export PREFECT_SERVER_METRICS_ENABLED=${PREFECT_SERVER_METRICS_ENABLED:-true}
     unset _pg
 fi
+
+# --- secrets (README "Security"): made on first use, owner-only, never in argv -----
+# Each is a file in $CATDOG_SECRETS_DIR (0700 folder, 0600 files); servers and
+# clients read them from their environment, which only their owner can read.
+export CATDOG_SECRETS_DIR=${CATDOG_SECRETS_DIR:-$CATDOG_RUN_DIR/secrets}
+catdog_secret() {  # NAME -> the secret's value; made (random, 32 characters) if missing
+    local file=$CATDOG_SECRETS_DIR/$1
+    if [ ! -s "$file" ]; then
+        (
+            umask 077
+            mkdir -p "$CATDOG_SECRETS_DIR" && chmod 700 "$CATDOG_RUN_DIR" "$CATDOG_SECRETS_DIR"
+            head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32 >"$file.$$"
+            mv "$file.$$" "$file"
+        )
+    fi
+    cat "$file"
+}
 export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-$CATDOG_RUN_DIR/inference_log.sqlite}
 export CATDOG_WORK_POOL=${CATDOG_WORK_POOL:-local}
 # How long `make up` / `make serve` wait for a service to become healthy: cold starts
