@@ -9,6 +9,8 @@ Needs the platform up (`make all`) and Debian's chromium (`apt-get install chrom
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import shutil
 import subprocess
@@ -23,38 +25,152 @@ from model_lib.settings import PortSettings
 OUT = Path("docs/screenshots")
 
 
-def chromium_screenshot(url: str, out: Path, width: int = 1400, height: int = 900) -> None:
+# Chromium's background-networking flags keep it from calling out: only package
+# registries are reachable here, and each refused call slows it.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+# Page time (virtual, as --virtual-time-budget) the UIs get to fetch and draw.
+RENDER_BUDGET_MS = 15000
+# Where the Prefect UI keeps the base64 of the auth string it signs in with (the
+# `prefect-password` key of both the v1 and the v2 UI of Prefect 3.9).
+PREFECT_UI_AUTH_KEY = "prefect-password"
+
+
+class DevTools:
+    """Chromium driven over --remote-debugging-pipe (DevTools protocol on fds 3 and 4):
+    no debugging port another local user could reach, no secret in argv."""
+
+    def __init__(self, binary: str, profile: str, width: int, height: int):
+        to_chromium, self._commands = os.pipe()
+        self._answers, from_chromium = os.pipe()
+
+        def on_fds_3_and_4() -> None:  # runs in the child, before close_fds
+            os.dup2(to_chromium, 3)
+            os.dup2(from_chromium, 4)
+
+        self.process = subprocess.Popen(
+            [
+                binary,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            pass_fds=(3, 4),
+            preexec_fn=on_fds_3_and_4,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_chromium)
+        os.close(from_chromium)
+        self._buffer = b""
+        self._next_id = 0
+        self.events: list[dict] = []
+
+    def _read(self) -> dict:
+        while b"\0" not in self._buffer:
+            chunk = os.read(self._answers, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"chromium exited (status {self.process.wait()})")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        while True:
+            answer = self._read()
+            if answer.get("id") == self._next_id:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error']}")
+                return answer["result"]
+            self.events.append(answer)
+
+    def wait_event(self, method: str) -> dict:
+        while True:
+            for event in self.events:
+                if event.get("method") == method:
+                    self.events.remove(event)
+                    return event
+            self.events.append(self._read())
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        finally:
+            os.close(self._commands)
+            os.close(self._answers)
+            self.process.wait(timeout=30)
+
+
+def chromium_screenshot(
+    url: str,
+    out: Path,
+    width: int = 1400,
+    height: int = 900,
+    local_storage: dict[str, str] | None = None,
+) -> None:
+    """A PNG of `url` once it has drawn; `local_storage` is set in the page's origin
+    before any of its scripts run (how the Prefect UI finds its credentials)."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         raise SystemExit("chromium not found: apt-get install -y chromium")
     with tempfile.TemporaryDirectory() as profile:
-        # The background-networking flags keep Chromium from calling out: only
-        # package registries are reachable here, and each refused call slows it.
-        subprocess.run(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                f"--window-size={width},{height}",
-                "--virtual-time-budget=15000",
-                "--hide-scrollbars",
-                f"--screenshot={out.resolve()}",
-                url,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-    if not out.is_file() or out.stat().st_size < 10_000:
+        browser = DevTools(binary, profile, width, height)
+        try:
+            (page,) = [
+                t for t in browser.send("Target.getTargets")["targetInfos"] if t["type"] == "page"
+            ]
+            session = browser.send(
+                "Target.attachToTarget", targetId=page["targetId"], flatten=True
+            )["sessionId"]
+            browser.send("Page.enable", session)
+            if local_storage:
+                # about:blank has no storage of its own: only the page's origin is written.
+                script = (
+                    f"try {{ for (const [k, v] of Object.entries({json.dumps(local_storage)}))"
+                    " localStorage.setItem(k, v); } catch (e) {}"
+                )
+                browser.send("Page.addScriptToEvaluateOnNewDocument", session, source=script)
+            # Virtual time stands still while requests are pending: the budget is
+            # page time for the UI to draw, whatever the machine's load.
+            browser.send(
+                "Emulation.setVirtualTimePolicy",
+                session,
+                policy="pauseIfNetworkFetchesPending",
+                budget=RENDER_BUDGET_MS,
+            )
+            browser.send("Page.navigate", session, url=url)
+            browser.wait_event("Emulation.virtualTimeBudgetExpired")
+            shot = browser.send("Page.captureScreenshot", session, format="png")
+        finally:
+            browser.close()
+    out.write_bytes(base64.b64decode(shot["data"]))
+    if out.stat().st_size < 10_000:
         raise SystemExit(f"screenshot of {url} failed or is blank: {out}")
     print(f"{out}  <- {url}")
+
+
+def prefect_ui_login() -> dict[str, str]:
+    """The Prefect UI's stored sign-in for $PREFECT_API_AUTH_STRING (scripts/env.sh)."""
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    if not auth:
+        return {}
+    return {PREFECT_UI_AUTH_KEY: base64.b64encode(auth.encode()).decode()}
 
 
 def main() -> None:
@@ -71,9 +187,14 @@ def main() -> None:
         # The event feed filtered to the project's events (a trailing * is a prefix in
         # the UI's `events` query), and the chain of runs they started.
         events = f"{prefect}/events?events=catdog.*"
-        chromium_screenshot(events, args.out / "loop-events.png", height=1100)
-        chromium_screenshot(f"{prefect}/runs", args.out / "loop-runs.png", height=1100)
-        chromium_screenshot(f"{prefect}/automations", args.out / "loop-automations.png")
+        login = prefect_ui_login()
+        chromium_screenshot(events, args.out / "loop-events.png", height=1100, local_storage=login)
+        chromium_screenshot(
+            f"{prefect}/runs", args.out / "loop-runs.png", height=1100, local_storage=login
+        )
+        chromium_screenshot(
+            f"{prefect}/automations", args.out / "loop-automations.png", local_storage=login
+        )
         return
     mlflow_url = os.environ.get("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{ports.mlflow_port}")
     service = f"http://127.0.0.1:{ports.bento_port}"
@@ -90,7 +211,9 @@ def main() -> None:
         max_results=1,
         order_by=["attributes.start_time DESC"],
     ) or [None]
-    chromium_screenshot(f"{prefect}/runs", args.out / "prefect-runs.png")
+    chromium_screenshot(
+        f"{prefect}/runs", args.out / "prefect-runs.png", local_storage=prefect_ui_login()
+    )
     chromium_screenshot(
         f"{mlflow_url}/#/experiments/{training.experiment_id}/runs/{champion.run_id}/model-metrics",
         args.out / "mlflow-run-metrics.png",

@@ -52,6 +52,15 @@ catdog_secret() {  # NAME -> the secret's value; made (random, 32 characters) if
     fi
     cat "$file"
 }
+# --- Prefect API authentication (README "Security", "### Prefect") ---------------
+# The server asks every request for this basic-auth string ("user:password"); every
+# client (worker, flow runs, CLI, catdog_runtime) sends it. The UI's own origin is
+# the only one allowed cross-origin calls, and state-changing calls need a CSRF token
+# (Prefect's client and UI fetch one themselves; catdog_runtime.prefect_api too).
+export PREFECT_SERVER_API_AUTH_STRING=${PREFECT_SERVER_API_AUTH_STRING:-catdog:$(catdog_secret prefect-api)}
+export PREFECT_API_AUTH_STRING=${PREFECT_API_AUTH_STRING:-$PREFECT_SERVER_API_AUTH_STRING}
+export PREFECT_SERVER_CSRF_PROTECTION_ENABLED=${PREFECT_SERVER_CSRF_PROTECTION_ENABLED:-true}
+export PREFECT_SERVER_CORS_ALLOWED_ORIGINS=${PREFECT_SERVER_CORS_ALLOWED_ORIGINS:-http://127.0.0.1:$PREFECT_PORT}
 export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-$CATDOG_RUN_DIR/inference_log.sqlite}
 export CATDOG_WORK_POOL=${CATDOG_WORK_POOL:-local}
 # How long `make up` / `make serve` wait for a service to become healthy: cold starts
