@@ -38,9 +38,9 @@ def api_url() -> str:
     return url
 
 
-def auth_headers() -> dict[str, str]:
-    """The basic-auth header for $PREFECT_API_AUTH_STRING (none when it is unset)."""
-    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+def auth_headers(auth: str | None = None) -> dict[str, str]:
+    """The basic-auth header for `auth`, default $PREFECT_API_AUTH_STRING (none when unset)."""
+    auth = auth or os.environ.get("PREFECT_API_AUTH_STRING")
     if not auth:
         return {}
     return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
@@ -63,11 +63,12 @@ class PrefectAPI:
         patience: float = 300,
         say: Callable[[str], None] | None = None,
         timeout: float = 30,
+        auth: str | None = None,
     ):
         self.url = (url or api_url()).rstrip("/")
         self.patience = patience
         self.say = say
-        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=auth_headers())
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=auth_headers(auth))
         self.sleep = time.sleep  # the pause between retries (a test's clock replaces it)
         self.csrf_client = str(uuid.uuid4())
         self.csrf_token: dict | None = None  # {"token", "expiration"} from the server

@@ -165,9 +165,9 @@ def chromium_screenshot(
     print(f"{out}  <- {url}")
 
 
-def prefect_ui_login() -> dict[str, str]:
-    """The Prefect UI's stored sign-in for $PREFECT_API_AUTH_STRING (scripts/env.sh)."""
-    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+def prefect_ui_login(auth: str | None = None) -> dict[str, str]:
+    """The Prefect UI's stored sign-in for `auth`, default $PREFECT_API_AUTH_STRING."""
+    auth = auth or os.environ.get("PREFECT_API_AUTH_STRING")
     if not auth:
         return {}
     return {PREFECT_UI_AUTH_KEY: base64.b64encode(auth.encode()).decode()}
