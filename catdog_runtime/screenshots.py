@@ -12,9 +12,11 @@ import argparse
 import base64
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -38,8 +40,9 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--hide-scrollbars",
 ]
-# Page time (virtual, as --virtual-time-budget) the UIs get to fetch and draw.
-RENDER_BUDGET_MS = 15000
+# How long a page may take to load and go quiet, and to draw once it has.
+LOAD_TIMEOUT_SECONDS = 120
+SETTLE_SECONDS = 2
 # Where the Prefect UI keeps the base64 of the auth string it signs in with (the
 # `prefect-password` key of both the v1 and the v2 UI of Prefect 3.9).
 PREFECT_UI_AUTH_KEY = "prefect-password"
@@ -79,6 +82,9 @@ class DevTools:
 
     def _read(self) -> dict:
         while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._answers], [], [], LOAD_TIMEOUT_SECONDS)
+            if not ready:
+                raise RuntimeError(f"chromium said nothing for {LOAD_TIMEOUT_SECONDS} s")
             chunk = os.read(self._answers, 1 << 20)
             if not chunk:
                 raise RuntimeError(f"chromium exited (status {self.process.wait()})")
@@ -100,11 +106,15 @@ class DevTools:
                 return answer["result"]
             self.events.append(answer)
 
-    def wait_event(self, method: str) -> dict:
+    def wait_event(self, method: str, **params) -> dict:
+        """The first event `method` whose params include `params` (earlier ones dropped)."""
         while True:
-            for event in self.events:
-                if event.get("method") == method:
-                    self.events.remove(event)
+            while self.events:
+                event = self.events.pop(0)
+                given = event.get("params", {})
+                if event.get("method") == method and all(
+                    given.get(k) == v for k, v in params.items()
+                ):
                     return event
             self.events.append(self._read())
 
@@ -132,12 +142,11 @@ def chromium_screenshot(
     with tempfile.TemporaryDirectory() as profile:
         browser = DevTools(binary, profile, width, height)
         try:
-            (page,) = [
-                t for t in browser.send("Target.getTargets")["targetInfos"] if t["type"] == "page"
+            # A tab of its own: the one Chromium opens at start is not attached for capture.
+            page = browser.send("Target.createTarget", url="about:blank")["targetId"]
+            session = browser.send("Target.attachToTarget", targetId=page, flatten=True)[
+                "sessionId"
             ]
-            session = browser.send(
-                "Target.attachToTarget", targetId=page["targetId"], flatten=True
-            )["sessionId"]
             browser.send("Page.enable", session)
             if local_storage:
                 # about:blank has no storage of its own: only the page's origin is written.
@@ -146,16 +155,12 @@ def chromium_screenshot(
                     " localStorage.setItem(k, v); } catch (e) {}"
                 )
                 browser.send("Page.addScriptToEvaluateOnNewDocument", session, source=script)
-            # Virtual time stands still while requests are pending: the budget is
-            # page time for the UI to draw, whatever the machine's load.
-            browser.send(
-                "Emulation.setVirtualTimePolicy",
-                session,
-                policy="pauseIfNetworkFetchesPending",
-                budget=RENDER_BUDGET_MS,
-            )
+            browser.send("Page.setLifecycleEventsEnabled", session, enabled=True)
             browser.send("Page.navigate", session, url=url)
-            browser.wait_event("Emulation.virtualTimeBudgetExpired")
+            # The UIs fetch their data after the page has loaded: wait until no request
+            # has been pending for a while, then give them a moment to draw it.
+            browser.wait_event("Page.lifecycleEvent", name="networkIdle")
+            time.sleep(SETTLE_SECONDS)
             shot = browser.send("Page.captureScreenshot", session, format="png")
         finally:
             browser.close()
