@@ -135,6 +135,7 @@ screenshots: $(VENV_STAMP)  ## README screenshots of the running platform (headl
 urls:  ## where everything is, and how to stop it
 	@. scripts/env.sh; echo; echo "Platform is up:"; \
 	echo "  Prefect UI     http://127.0.0.1:$$PREFECT_PORT   (flow runs; evaluate/scheduled runs every 15 min)"; \
+	echo "                 sign in with catdog:<contents of $$CATDOG_SECRETS_DIR/prefect-api>"; \
 	echo "  MLflow UI      http://127.0.0.1:$$MLFLOW_PORT   (experiments catdog-training, catdog-monitoring)"; \
 	echo "  Service docs   http://127.0.0.1:$$BENTO_PORT    (curl -F image=@test_images/cat/cat.5000.jpg http://127.0.0.1:$$BENTO_PORT/classify)"; \
 	if [ "$$CATDOG_PROFILE" = scale ]; then \
