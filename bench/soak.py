@@ -45,6 +45,7 @@ from pathlib import Path
 
 import httpx
 
+from model_lib.client import classify, classify_all
 from model_lib.inference_log import BENCHMARK_SOURCE
 from model_lib.metrics import latency_percentiles
 
@@ -211,31 +212,23 @@ class Traffic:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    def _payload(self, kind: str) -> tuple[str, bytes, str]:
+    def _payload(self, kind: str) -> tuple[str, bytes]:
         if kind == "good":
-            name, data = next(self._photos)
-            return name, data, "image/jpeg"
+            return next(self._photos)
         if kind == "hostile":
-            name, data = next(self._tricks)
-            return name, data, "image/png"
-        return "huge.jpg", self._huge, "image/jpeg"
+            return next(self._tricks)
+        return "huge.jpg", self._huge
 
     async def _mixed(self, client: httpx.AsyncClient, offset: int) -> None:
         # Each client starts at another place in the mix, so kinds overlap in time.
         for kind in itertools.islice(itertools.cycle(MIX), offset, None):
             if self._stop.is_set():
                 return
-            name, data, mime = self._payload(kind)
+            name, data = self._payload(kind)
             started = time.monotonic() - self.t0
-            try:
-                response = await client.post(
-                    f"{self.url}/classify",
-                    files={"image": (name, data, mime)},
-                    headers={"X-Catdog-Source": BENCHMARK_SOURCE},
-                )
-                status: int | str = response.status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
+            answer = await classify(client, self.url, data, name, source=BENCHMARK_SOURCE)
+            # status 0: no HTTP answer; the exception's name instead
+            status = answer.status or (answer.error or "no answer").partition(":")[0]
             self.records.append(Record(kind, name, started, time.monotonic() - self.t0, status))
 
     async def _slow(self) -> None:
@@ -292,16 +285,11 @@ def check_serving(url: str, kill_every: float) -> list:
     photo = sorted((ROOT / "test_images").rglob("*.jpg"))[:1]
     if not photo:
         raise SystemExit("no photos under test_images/: run `make data`")
-    try:
-        response = httpx.post(
-            f"{url}/classify", files={"image": (photo[0].name, photo[0].read_bytes())}, timeout=60
-        )
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"bench-soak: nothing serves at {url} ({exc!r}); {start_hint}") from None
-    if response.status_code != 200:
+    [answer] = classify_all(url, [(photo[0].name, photo[0].read_bytes())], timeout=60)
+    if answer.status != 200:
         raise SystemExit(
-            f"bench-soak: {url}/classify answered {response.status_code} "
-            f"({response.text[:200]}); {start_hint}"
+            f"bench-soak: {url}/classify answered {answer.status or 'nothing'} "
+            f"({answer.error}); {start_hint}"
         )
     return replicas
 
