@@ -111,7 +111,7 @@ def test_decompression_tricks_keep_every_worker_under_its_budget_with_no_5xx(ser
 
     assert len(workers_rss) == 2, rss.baseline
     for kind, response in zip(sent, answers, strict=True):
-        if kind.endswith(OVER_PIXEL_LIMIT):  # over the pixel limit: refused from the header, as before
+        if kind.endswith(OVER_PIXEL_LIMIT):  # refused from the header, as before
             assert response.status_code == 413, response.text
             assert response.json()["error"] == "too_many_pixels"
         else:
