@@ -54,8 +54,6 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 # The issue's target for every worker, beside the decode budget (CATDOG_MAX_DECODED_BYTES).
 WORKER_RSS_TARGET = 1 * GiB
-# A process of a replica that holds a model; the `bentoml serve` supervisor stays below.
-WORKER_MIN_RSS = 150 * MiB
 MIX = ("good",) * 8 + ("hostile", "huge")
 SLOW_DECLARED = 5 * MiB
 KINDS = ("good", "hostile", "huge", "slow")
@@ -139,14 +137,14 @@ def summarize(records: list[Record], kills: list[Kill]) -> dict:
 def worker_memory(
     peak: dict[int, int], history: list[tuple[float, int, int]], labels: dict[int, str]
 ) -> list[dict]:
-    """One row per worker (a process whose RSS passed WORKER_MIN_RSS): its replica,
-    peak RSS, median RSS over its samples, and the peak over that median."""
+    """One row per worker (`labels`: worker pid -> its replica): peak RSS, median RSS
+    over its samples, and the peak over that median."""
     samples: dict[int, list[int]] = {}
     for _, pid, rss in history:
         samples.setdefault(pid, []).append(rss)
     rows = []
     for pid, top in sorted(peak.items()):
-        if top < WORKER_MIN_RSS or pid not in labels:
+        if pid not in labels:
             continue
         typical = statistics.median(samples.get(pid, [top]))
         rows.append(
@@ -378,17 +376,17 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    labels: dict[int, str] = {}  # pid -> its replica, for every process seen
+    labels: dict[int, str] = {}  # worker pid -> its replica, for every worker seen
     labelled = [float("-inf")]
 
     def roots() -> list[int]:
         pids = [services.owned_pid(r.service) for r in replicas]
-        # Which replica a process belongs to, once a second: a process tree is a
-        # scan of every process of the machine.
+        # The workers (the processes below `bentoml serve`) and their replica, once a
+        # second: a process tree is a scan of every process of the machine.
         if time.monotonic() - labelled[0] >= 1:
             labelled[0] = time.monotonic()
             for replica, pid in zip(replicas, pids, strict=True):
-                for child in processes.descendants(pid) if pid is not None else ():
+                for child in processes.descendants(pid) - {pid} if pid is not None else ():
                     labels.setdefault(child, replica.name)
         return [pid for pid in pids if pid is not None]
 

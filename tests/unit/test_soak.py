@@ -76,10 +76,10 @@ def test_summary_counts_lost_good_requests_and_those_during_a_kill():
     assert "4 sent, 2 answered, 2 lost (1 while a replica was down" in text
 
 
-def test_workers_are_the_processes_holding_a_model_with_peak_and_median():
-    peak = {10: 90 * MiB, 11: 700 * MiB, 12: 400 * MiB, 13: 500 * MiB}
+def test_each_worker_has_its_peak_and_median():
+    peak = {10: 90 * MiB, 11: 700 * MiB, 12: 400 * MiB}
     history = [(t, 11, (300 + t) * MiB) for t in range(5)] + [(0, 12, 350 * MiB)]
-    labels = {10: "r1", 11: "r1", 12: "r2"}  # 13: never tied to a replica
+    labels = {11: "r1", 12: "r2"}  # 10: a `bentoml serve` supervisor, not a worker
     rows = worker_memory(peak, history, labels)
     assert [(r["replica"], r["pid"]) for r in rows] == [("r1", 11), ("r2", 12)]
     assert rows[0] == {
