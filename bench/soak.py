@@ -66,6 +66,7 @@ class Record:
     started: float  # seconds since the soak began
     finished: float
     status: int | str  # HTTP status, or the exception's name when no answer came
+    detail: str = ""  # the error body or exception message, for requests not answered 200
 
 
 @dataclass
@@ -127,6 +128,7 @@ def summarize(records: list[Record], kills: list[Kill]) -> dict:
                 lost=len(lost),
                 lost_by_status=dict(sorted(Counter(str(r.status) for r in lost).items())),
                 lost_during_a_kill=sum(during_kill(r, kills) for r in lost),
+                lost_details=sorted({r.detail for r in lost})[:5],
                 p50_ms=round(pct["latency_p50_ms"], 1),
                 p99_ms=round(pct["latency_p99_ms"], 1),
             )
@@ -195,8 +197,8 @@ class Traffic:
     slow_clients: int
     max_upload: int
     slow_seconds: float
-    t0: float
     records: list[Record] = field(default_factory=list)
+    t0: float = 0.0  # when the traffic started (time.monotonic())
 
     def __post_init__(self):
         from catdog_runtime.hostile import decompression_tricks, huge_upload
@@ -227,7 +229,9 @@ class Traffic:
             answer = await classify(client, self.url, data, name, source=BENCHMARK_SOURCE)
             # status 0: no HTTP answer; the exception's name instead
             status = answer.status or (answer.error or "no answer").partition(":")[0]
-            self.records.append(Record(kind, name, started, time.monotonic() - self.t0, status))
+            finished = time.monotonic() - self.t0
+            detail = (answer.error or "")[:200]
+            self.records.append(Record(kind, name, started, finished, status, detail))
 
     async def _slow(self) -> None:
         from catdog_runtime.hostile import status_of, trickle
@@ -255,6 +259,7 @@ class Traffic:
             )
 
     def __enter__(self):
+        self.t0 = time.monotonic()
         self._thread.start()
         return self
 
@@ -392,17 +397,17 @@ def main(argv: list[str] | None = None) -> int:
 
     retries_before = retries()
     kills: list[Kill] = []
-    t0 = time.monotonic()
+    # The uploads are made before the clock starts (the hostile PNGs take seconds).
     traffic = Traffic(
         url,
         args.clients,
         args.slow_clients,
         service.max_upload_bytes,
         service.upload_timeout_seconds,
-        t0,
     )
     rss = processes.RssSampler(roots, interval=0.1, history_every=1.0)
     with rss, traffic:
+        t0 = traffic.t0
         end = t0 + args.minutes * 60
         next_kill = t0 + args.kill_every / 2 if args.kill_every else float("inf")
         next_progress = t0 + 30
