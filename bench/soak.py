@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 next_kill += args.kill_every
             if time.monotonic() >= next_progress:
-                next_progress += 30
+                next_progress = time.monotonic() + 30
                 print(
                     f"  {time.monotonic() - t0:5.0f} s: {len(traffic.records)} requests answered",
                     flush=True,
