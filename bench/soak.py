@@ -44,10 +44,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from matplotlib.figure import Figure
 
+from bench.faults import kill_replica
+from catdog_runtime import balancer, processes, services
+from catdog_runtime.hostile import (
+    OVER_PIXEL_LIMIT,
+    decompression_tricks,
+    huge_upload,
+    status_of,
+    trickle,
+)
 from model_lib.client import classify, classify_all
 from model_lib.inference_log import BENCHMARK_SOURCE
 from model_lib.metrics import latency_percentiles
+from model_lib.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -80,8 +91,6 @@ class Kill:
 # ------------------------------------------------------------------ pure parts
 def expected(record: Record) -> set[int]:
     """The statuses a request of this kind should get."""
-    from catdog_runtime.hostile import OVER_PIXEL_LIMIT
-
     if record.kind == "good":
         return {200}
     if record.kind == "hostile":
@@ -201,8 +210,6 @@ class Traffic:
     t0: float = 0.0  # when the traffic started (time.monotonic())
 
     def __post_init__(self):
-        from catdog_runtime.hostile import decompression_tricks, huge_upload
-
         photos = sorted((ROOT / "test_images").rglob("*.jpg"))
         if not photos:
             raise SystemExit("no photos under test_images/: run `make data`")
@@ -234,8 +241,6 @@ class Traffic:
             self.records.append(Record(kind, name, started, finished, status, detail))
 
     async def _slow(self) -> None:
-        from catdog_runtime.hostile import status_of, trickle
-
         while not self._stop.is_set():
             started = time.monotonic() - self.t0
             try:
@@ -272,8 +277,6 @@ class Traffic:
 # ------------------------------------------------------------------ the platform
 def check_serving(url: str, kill_every: float) -> list:
     """The replicas behind the balancer; exits with what to do when nothing serves."""
-    from catdog_runtime import balancer
-
     replicas = balancer.load()
     start_hint = "start it with `make up && make serve REPLICAS=2` (README, Benchmarks)"
     if not replicas:
@@ -299,8 +302,6 @@ def check_serving(url: str, kill_every: float) -> list:
 
 def retries() -> dict[str, int]:
     """HAProxy's count of retried and redispatched requests, summed over the replicas."""
-    from catdog_runtime import balancer
-
     stats = balancer.server_stats().values()
     return {
         "retries": sum(int(row.get("wretr") or 0) for row in stats),
@@ -310,11 +311,6 @@ def retries() -> dict[str, int]:
 
 def plot(records: list[Record], kills: list[Kill], rss_rows, path: Path) -> None:
     """Good-request latency (p50/p99 per 10 s) and each worker's RSS over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     good = [r for r in records if r.kind == "good"]
     bins: dict[int, list[float]] = {}
     for r in good:
@@ -322,7 +318,8 @@ def plot(records: list[Record], kills: list[Kill], rss_rows, path: Path) -> None
             bins.setdefault(int(r.started // 10), []).append((r.finished - r.started) * 1000)
     xs = sorted(bins)
     pct = [latency_percentiles(bins[x]) for x in xs]
-    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 7))
+    figure = Figure(figsize=(10, 7))
+    top, bottom = figure.subplots(2, 1, sharex=True)
     top.plot([x * 10 + 5 for x in xs], [p["latency_p50_ms"] for p in pct], label="p50")
     top.plot([x * 10 + 5 for x in xs], [p["latency_p99_ms"] for p in pct], label="p99")
     lost = [r.started for r in good if r.status != 200]
@@ -343,7 +340,6 @@ def plot(records: list[Record], kills: list[Kill], rss_rows, path: Path) -> None
     top.set_title("soak: grey = a replica killed until back in rotation")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
-    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,10 +359,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.slow_clients < args.clients:
         parser.error("--slow-clients: at least one client must send the mix")
-    from bench.faults import kill_replica
-    from catdog_runtime import processes, services
-    from model_lib.settings import ServiceSettings
-
     url = args.url or f"http://127.0.0.1:{services.ports().bento_port}"
     service = ServiceSettings.from_env()
     replicas = check_serving(url, args.kill_every)
