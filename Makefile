@@ -12,7 +12,7 @@ IMAGE ?= catdog-classifier:latest
 DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
-        train-lite0 package serve rollback serving bench-rollout traffic evaluate urls containerize smoke \
+        train-lite0 package serve rollback serving bench-rollout bench-soak traffic evaluate urls containerize smoke \
         bench bench-platform bench-replicas screenshots tools test test-unit test-data test-model test-integration \
         lint format clean loop-on loop-off loop-status dvc-remote ingest loop-demo
 
@@ -120,6 +120,10 @@ bench: $(VENV_STAMP)  ## serving benchmark: raw ONNX ceiling vs service vs naive
 bench-rollout: $(VENV_STAMP)  ## 16 clients through the balancer during rollout, broken candidate, rollback, kill -9
 	scripts/debian_packages.sh haproxy
 	$(ENV) python -m bench.rollout
+
+bench-soak: $(VENV_STAMP)  ## mixed + hostile traffic, a replica kill -9 every 2 min, SOAK_MINUTES (3); needs make serve REPLICAS=2
+	scripts/debian_packages.sh haproxy
+	$(ENV) python -m bench.soak --minutes $${SOAK_MINUTES:-3}
 
 bench-replicas: $(VENV_STAMP)  ## throughput through the balancer with 1 vs 2 replicas (wrk, side by side)
 	command -v wrk >/dev/null || apt-get install -y -q wrk
