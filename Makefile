@@ -9,7 +9,7 @@ VENV_STAMP := .venv/.installed
 IMAGE ?= catdog-classifier:latest
 # Started by the platform's own scripts (never as system services): the balancer,
 # and the scale profile's database and monitoring.
-DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway
+DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway apache2-utils
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
         train-lite0 package serve rollback serving bench-rollout traffic evaluate urls containerize smoke \
