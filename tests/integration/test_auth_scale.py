@@ -166,19 +166,35 @@ def exposed_in(text: str, secrets: dict[str, str]) -> list[str]:
     return [name for name, value in secrets.items() if value in text]
 
 
-def test_no_secret_in_command_lines_pid_files_or_logs(scale):
-    secrets = secrets_of(scale)
+def secret_leaks(platform) -> list[tuple[str, str]]:
+    """(where, which secret) for every secret in a process's argv (any process on the
+    machine), a pid file, a log of the run dir, or what `services up` printed."""
+    secrets = secrets_of(platform)
     leaks = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         command = " ".join(process.info["cmdline"] or ())
         leaks += [(f"pid {process.info['pid']} argv", n) for n in exposed_in(command, secrets)]
-    run_dir = scale["run_dir"]
+    run_dir = platform["run_dir"]
     written = [*run_dir.glob("*.pid"), *(p for p in (run_dir / "logs").rglob("*") if p.is_file())]
     assert any(p.suffix == ".pid" for p in written) and any(p.suffix == ".log" for p in written)
     for path in written:
         leaks += [(str(path), n) for n in exposed_in(path.read_text(errors="replace"), secrets)]
-    leaks += [("`services up` output", n) for n in exposed_in(scale["up"], secrets)]
-    assert leaks == []
+    leaks += [("`services up` output", n) for n in exposed_in(platform["up"], secrets)]
+    return leaks
+
+
+def open_to_others(run_dir: Path) -> list[str]:
+    """Files and folders under `run_dir` that other users may open (symlinks aside)."""
+    found = []
+    for path in run_dir.rglob("*"):
+        info = path.lstat()
+        if not path.is_symlink() and info.st_mode & 0o007:
+            found.append(f"{path} {oct(info.st_mode & 0o777)}")
+    return found
+
+
+def test_no_secret_in_command_lines_pid_files_or_logs(scale):
+    assert secret_leaks(scale) == []
 
 
 def test_the_run_dir_is_owner_only(scale):
@@ -190,12 +206,7 @@ def test_the_run_dir_is_owner_only(scale):
         assert mode == 0o710 and run_dir.stat().st_gid == grp.getgrnam("postgres").gr_gid
     else:
         assert mode == 0o700
-    open_to_others = []
-    for path in run_dir.rglob("*"):
-        info = path.lstat()
-        if not path.is_symlink() and info.st_mode & 0o007:
-            open_to_others.append(f"{path} {oct(info.st_mode & 0o777)}")
-    assert open_to_others == []
+    assert open_to_others(run_dir) == []
     secrets_dir = Path(scale["env"]["CATDOG_SECRETS_DIR"])
     assert secrets_dir.stat().st_mode & 0o777 == 0o700
     assert {p.stat().st_mode & 0o777 for p in secrets_dir.iterdir()} == {0o600}

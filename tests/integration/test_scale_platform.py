@@ -24,6 +24,7 @@ from model_lib.traffic import send_traffic
 from tests.conftest import TEST_IMAGES
 from tests.integration.conftest import SMALL_TRAINING, pause_schedules, prefect_api, run_deployment
 from tests.integration.platform import scale_platform_up, services_cli
+from tests.integration.test_auth_scale import open_to_others, secret_leaks
 
 TRAFFIC = 48
 RUN_WAIT_SECONDS = 1800
@@ -138,3 +139,8 @@ def test_key_path_on_postgresql_through_two_workers(scale_platform):
     assert runs == 6  # train, package, the first rollout, three evaluations
     sqlite = [path for path in platform["run_dir"].rglob("*") if is_sqlite(path)]
     assert not sqlite, f"SQLite databases were created: {sqlite}"
+
+    # After the whole path (replicas, HAProxy, the bento store, flow runs): no secret
+    # exposed, nothing under the run dir open to other users (issue 21).
+    assert secret_leaks(platform) == []
+    assert open_to_others(platform["run_dir"]) == []
