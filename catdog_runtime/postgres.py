@@ -77,6 +77,12 @@ def hba_conf() -> str:
     )
 
 
+def trusts_anyone(hba: str) -> bool:
+    """Whether a pg_hba.conf lets some connection in without authentication."""
+    rules = (line.split("#", 1)[0].split() for line in hba.splitlines())
+    return any(rule and rule[-1] == "trust" for rule in rules)
+
+
 def ident_conf() -> str:
     return f"{PEER_MAP} {pwd.getpwuid(os.geteuid()).pw_name} {ADMIN}\n"
 

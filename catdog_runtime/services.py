@@ -729,7 +729,7 @@ def start_postgres(service: Service) -> None:
         prepare_pg_folders()
         if not (data / "PG_VERSION").exists():
             initdb()
-        elif " trust" in (data / "pg_hba.conf").read_text():
+        elif postgres.trusts_anyone((data / "pg_hba.conf").read_text()):
             raise ServiceError(
                 f"the PostgreSQL cluster in {data} predates passwords and per-database roles "
                 "(it trusts every local connection). Stop the platform (make down), move "
