@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import grp
 import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -184,12 +185,27 @@ def secret_leaks(platform) -> list[tuple[str, str]]:
 
 
 def open_to_others(run_dir: Path) -> list[str]:
-    """Files and folders under `run_dir` that other users may open (symlinks aside)."""
+    """What under `run_dir` a user other than its owner can open: a path with group or
+    other permission bits whose folders all let such a user through. A 0700 run dir
+    closes everything below it (files copied with their modes, like the bento store's,
+    stay unreachable); root's 0710 one lets the `postgres` group into postgres/ alone."""
     found = []
-    for path in run_dir.rglob("*"):
-        info = path.lstat()
-        if not path.is_symlink() and info.st_mode & 0o007:
+
+    def walk(folder: Path) -> None:
+        for path in folder.iterdir():
+            info = path.lstat()
+            shared = info.st_mode & 0o077
+            if stat.S_ISLNK(info.st_mode) or not shared:
+                continue
+            if path == run_dir / "postgres" and shared == 0o010:  # PostgreSQL's way in
+                walk(path)
+                continue
             found.append(f"{path} {oct(info.st_mode & 0o777)}")
+            if stat.S_ISDIR(info.st_mode) and shared & 0o011:
+                walk(path)
+
+    if run_dir.stat().st_mode & 0o011:
+        walk(run_dir)
     return found
 
 
@@ -207,6 +223,10 @@ def test_the_run_dir_is_owner_only(scale):
     else:
         assert mode == 0o700
     assert open_to_others(run_dir) == []
+    # Every state folder of the platform is under it.
+    env = scale["env"]
+    for name in ("PREFECT_HOME", "BENTOML_HOME", "CATDOG_SECRETS_DIR", "PGPASSFILE"):
+        assert Path(env[name]).is_relative_to(run_dir), name
     secrets_dir = Path(scale["env"]["CATDOG_SECRETS_DIR"])
     assert secrets_dir.stat().st_mode & 0o777 == 0o700
     assert {p.stat().st_mode & 0o777 for p in secrets_dir.iterdir()} == {0o600}
