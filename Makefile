@@ -9,7 +9,7 @@ VENV_STAMP := .venv/.installed
 IMAGE ?= catdog-classifier:latest
 # Started by the platform's own scripts (never as system services): the balancer,
 # and the scale profile's database and monitoring.
-DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway
+DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway apache2-utils
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
         train-lite0 package serve rollback serving bench-rollout bench-soak traffic evaluate urls containerize smoke \
@@ -143,8 +143,8 @@ urls:  ## where everything is, and how to stop it
 	echo "  MLflow UI      http://127.0.0.1:$$MLFLOW_PORT   (experiments catdog-training, catdog-monitoring)"; \
 	echo "  Service docs   http://127.0.0.1:$$BENTO_PORT    (curl -F image=@test_images/cat/cat.5000.jpg http://127.0.0.1:$$BENTO_PORT/classify)"; \
 	if [ "$$CATDOG_PROFILE" = scale ]; then \
-	echo "  Prometheus     http://127.0.0.1:$$PROMETHEUS_PORT/alerts   (alerts of monitoring/alerts.yml)"; \
-	echo "  PostgreSQL     127.0.0.1:$$CATDOG_PG_PORT   (databases prefect, mlflow, catdog)"; fi; \
+	echo "  Prometheus     http://127.0.0.1:$$PROMETHEUS_PORT/alerts   (alerts of monitoring/alerts.yml; user catdog, password in $$CATDOG_SECRETS_DIR/monitoring)"; \
+	echo "  PostgreSQL     127.0.0.1:$$CATDOG_PG_PORT   (databases prefect, mlflow, catdog; one role each, passwords in $$PGPASSFILE)"; fi; \
 	echo "  Stop all:      make down     (state stays in $$CATDOG_RUN_DIR; make clean deletes it)"
 
 tools:  ## Debian packages the platform and its tests run, when missing (HAProxy, PostgreSQL, Prometheus)

@@ -20,6 +20,7 @@ Light imports only (psutil, tenacity, httpx): this runs before anything heavy is
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from catdog_runtime import prefect_api
+from catdog_runtime import postgres, prefect_api
 from catdog_runtime.processes import (
     ROOT,
     command_line,
@@ -43,6 +44,7 @@ from catdog_runtime.processes import (
     stop_tree,
 )
 from catdog_runtime.waits import WaitTimeout, http_ok, wait_until
+from model_lib import pushgateway
 from model_lib.settings import PlatformSettings, PortSettings
 
 PROGRESS_EVERY_SECONDS = 15
@@ -69,6 +71,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     fatal: tuple[str, ...] = ()
     stop_signal: int = signal.SIGTERM
+    health_auth: tuple[str, str] | None = None  # basic auth of the health check
 
     @property
     def pid_file(self) -> Path:
@@ -81,6 +84,25 @@ class Service:
 
 def run_dir() -> Path:
     return settings().run_dir or ROOT / ".run"
+
+
+def secure_run_dir() -> None:
+    """$CATDOG_RUN_DIR owner-only (0700), and so is everything this process and the
+    services it starts create (umask 077): logs, pid files, databases, the inference
+    log, the bento store, the balancer's configuration all live under it.
+
+    Root runs PostgreSQL as PG_OS_USER, which must pass through to its data folder:
+    then the folder is 0710 with that user's group (enter, not list).
+    """
+    os.umask(0o077)
+    folder = run_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0 and (
+        current_profile() == "scale" or folder.stat().st_gid == pg_os_group_id()
+    ):
+        let_pg_os_user_enter(folder)  # `down` of a scale platform too
+    else:
+        folder.chmod(0o700)
 
 
 def settings() -> PlatformSettings:
@@ -238,7 +260,9 @@ def wait_for_service(service: Service, ready, what: str) -> None:
 
 def wait_healthy(service: Service) -> None:
     wait_for_service(
-        service, lambda: http_ok(service.health_url), f"healthy at {service.health_url}"
+        service,
+        lambda: http_ok(service.health_url, auth=service.health_auth),
+        f"healthy at {service.health_url}",
     )
 
 
@@ -473,8 +497,8 @@ SCALE_PORT_VARIABLES = {
     "pushgateway": "PUSHGATEWAY_PORT",
 }
 SCALE_MONITORING = ("prometheus", "pushgateway")
-PG_DATABASES = ("prefect", "mlflow", "catdog")
-PG_USER = "catdog"  # the cluster's superuser; the servers connect as it
+PG_DATABASES = tuple(postgres.ROLES)
+PG_USER = postgres.ADMIN  # the cluster's superuser (provisioning); servers have their own roles
 # PostgreSQL refuses to run as root: root runs it as this OS user (Debian's package creates it).
 PG_OS_USER = "postgres"
 MONITORING_DIR = ROOT / "monitoring"
@@ -546,10 +570,12 @@ def scale_services(base: dict[str, Service]) -> dict[str, Service]:
                 f"--storage.tsdb.path={state / 'prometheus' / 'data'}",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
                 "--storage.tsdb.retention.time=15d",
+                f"--web.config.file={web_config_file('prometheus')}",
             ],
             port=prometheus_port,
             health_url=f"http://127.0.0.1:{prometheus_port}/-/ready",
             fatal=('err="error loading config', "Error loading config"),
+            health_auth=monitoring_auth(),
         ),
         "pushgateway": Service(
             "pushgateway",
@@ -558,9 +584,11 @@ def scale_services(base: dict[str, Service]) -> dict[str, Service]:
                 f"--web.listen-address=127.0.0.1:{pushgateway_port}",
                 # The evaluation's last figures survive a restart.
                 f"--persistence.file={state / 'pushgateway' / 'metrics'}",
+                f"--web.config.file={web_config_file('pushgateway')}",
             ],
             port=pushgateway_port,
             health_url=f"http://127.0.0.1:{pushgateway_port}/-/ready",
+            health_auth=monitoring_auth(),
         ),
     }
     # Each worker runs one flow run at a time, as one per host would: a second
@@ -577,6 +605,32 @@ def scale_services(base: dict[str, Service]) -> dict[str, Service]:
     return added
 
 
+def pg_os_group_id() -> int | None:
+    try:
+        return grp.getgrnam(PG_OS_USER).gr_gid
+    except KeyError:  # PostgreSQL not installed (yet)
+        return None
+
+
+def let_pg_os_user_enter(folder: Path) -> None:
+    """Root's folder that PG_OS_USER must pass through: 0710, group PG_OS_USER's."""
+    group = pg_os_group_id()
+    if group is None:
+        folder.chmod(0o700)
+        return
+    os.chown(folder, -1, group)
+    folder.chmod(0o710)
+
+
+def pg_dir() -> Path:
+    return run_dir() / "postgres"
+
+
+def pg_socket_dir() -> Path:
+    """The Unix socket's owner-only folder: the admin's way in (peer authentication)."""
+    return pg_dir() / "socket"
+
+
 def postgres_service(port: int) -> Service:
     """The PostgreSQL server of the cluster in $CATDOG_RUN_DIR/postgres/data."""
     return Service(
@@ -585,17 +639,23 @@ def postgres_service(port: int) -> Service:
             [
                 pg_bin("postgres", required=False),
                 "-D",
-                str(run_dir() / "postgres" / "data"),
+                str(pg_dir() / "data"),
                 "-p",
                 str(port),
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
-                "unix_socket_directories=",  # TCP only: no socket folder to own
+                f"unix_socket_directories={pg_socket_dir()}",
+                "-c",
+                "unix_socket_permissions=0700",
             ]
         ),
         port=port,
-        fatal=("could not create any TCP/IP sockets", 'lock file "postmaster.pid"'),
+        fatal=(
+            "could not create any TCP/IP sockets",
+            'lock file "postmaster.pid"',
+            "could not create any Unix-domain sockets",
+        ),
         # SIGTERM waits for every client to disconnect; SIGINT is the fast
         # shutdown that still writes a clean checkpoint.
         stop_signal=signal.SIGINT,
@@ -610,17 +670,37 @@ def pg_ready(service: Service) -> bool:
     return result.returncode == 0
 
 
-def start_postgres(service: Service) -> None:
-    """initdb on first use, start the server, create the platform's databases."""
-    require_debian_packages("postgresql")
-    service = postgres_service(service.port)  # the server's path, now that it is installed
-    data = run_dir() / "postgres" / "data"
-    if not (data / "PG_VERSION").exists():
-        data.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(data, PG_OS_USER, PG_OS_USER)
-            data.chmod(0o700)
-        log(f"creating a PostgreSQL cluster in {data}")
+def prepare_pg_folders() -> None:
+    """postgres/ (data, socket) under the run dir, owner-only; root's for PG_OS_USER."""
+    folders = (pg_dir() / "data", pg_socket_dir())
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        for folder in (run_dir(), pg_dir()):
+            let_pg_os_user_enter(folder)
+        for folder in folders:
+            shutil.chown(folder, PG_OS_USER, PG_OS_USER)
+    else:
+        pg_dir().chmod(0o700)
+    for folder in folders:
+        folder.chmod(0o700)
+
+
+def pg_write(path: Path, text: str) -> None:
+    """A file of the cluster's, owned by the OS user the server runs as."""
+    postgres.write_private(path, text)
+    if os.geteuid() == 0:
+        shutil.chown(path, PG_OS_USER, PG_OS_USER)
+
+
+def initdb() -> None:
+    """A new cluster: passwords for TCP (scram-sha-256), peer on the socket, never trust."""
+    data = pg_dir() / "data"
+    log(f"creating a PostgreSQL cluster in {data}")
+    # initdb reads the superuser's password from a file only: 0600, removed at once.
+    pwfile = pg_dir() / "initdb-password"
+    pg_write(pwfile, postgres.pgpass_password(PG_USER) + "\n")
+    try:
         result = subprocess.run(
             as_pg_os_user(
                 [
@@ -629,8 +709,9 @@ def start_postgres(service: Service) -> None:
                     str(data),
                     "-U",
                     PG_USER,
-                    # Local, 127.0.0.1-only cluster (see scripts/env.sh).
-                    "--auth=trust",
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=peer",
                     "--encoding=UTF8",
                     "--no-locale",
                     "--no-instructions",
@@ -639,33 +720,97 @@ def start_postgres(service: Service) -> None:
             capture_output=True,
             text=True,
         )
-        if result.returncode != 0:
-            hint = (
-                f" The OS user {PG_OS_USER!r} must be able to enter every folder above {data}"
-                " (pick a CATDOG_RUN_DIR it can reach)."
-                if "Permission denied" in result.stderr
-                else ""
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if result.returncode != 0:
+        hint = (
+            f" The OS user {PG_OS_USER!r} must be able to enter every folder above {data}"
+            " (pick a CATDOG_RUN_DIR it can reach)."
+            if "Permission denied" in result.stderr
+            else ""
+        )
+        raise ServiceError(f"initdb failed: {result.stderr.strip()[-600:]}{hint}")
+    # Stricter than initdb's own: only the admin on the socket, and only by peer.
+    pg_write(data / "pg_hba.conf", postgres.hba_conf())
+    pg_write(data / "pg_ident.conf", postgres.ident_conf())
+
+
+def start_postgres(service: Service) -> None:
+    """initdb on first use, start the server, provision roles, databases and rights."""
+    require_debian_packages("postgresql")
+    service = postgres_service(service.port)  # the server's path, now that it is installed
+    data = pg_dir() / "data"
+    try:
+        prepare_pg_folders()
+        if not (data / "PG_VERSION").exists():
+            initdb()
+        elif postgres.trusts_anyone((data / "pg_hba.conf").read_text()):
+            raise ServiceError(
+                f"the PostgreSQL cluster in {data} predates passwords and per-database roles "
+                "(it trusts every local connection). Stop the platform (make down), move "
+                f"{pg_dir()} away and run make up PROFILE=scale again: it makes a new one "
+                "(Prefect's, MLflow's and the inference log's data start empty)."
             )
-            raise ServiceError(f"initdb failed: {result.stderr.strip()[-600:]}{hint}")
-    start(service)
-    wait_for_service(service, lambda: pg_ready(service), f"accepting connections on {service.port}")
-    psql = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(service.port), "-U", PG_USER]
-    listed = subprocess.run(
-        [*psql, "-d", "postgres", "-tAc", "SELECT datname FROM pg_database"],
+        start(service)
+        wait_for_service(
+            service, lambda: pg_ready(service), f"accepting connections on {service.port}"
+        )
+        postgres.provision(pg_socket_dir(), service.port)
+    except postgres.PostgresSetupError as error:
+        raise ServiceError(str(error)) from None
+    log(f"PostgreSQL: databases {', '.join(PG_DATABASES)}, one role each (README 'Security')")
+
+
+# ------------------------------------------------------------------ Prometheus + Pushgateway
+# Both behind basic auth (--web.config.file): user MONITORING_USER, the password
+# $CATDOG_MONITORING_PASSWORD (scripts/env.sh: `catdog_secret monitoring`). The web
+# configs hold its bcrypt hash only; Prometheus's own config holds it for the scrape
+# of the Pushgateway. All owner-only.
+MONITORING_USER = pushgateway.USER
+# bcrypt's work factor, paid by every request: the usual default.
+BCRYPT_COST = 10
+
+
+def monitoring_auth() -> tuple[str, str] | None:
+    password = settings().monitoring_password
+    return (MONITORING_USER, password) if password else None
+
+
+def monitoring_password() -> str:
+    auth = monitoring_auth()
+    if auth is None:
+        raise ServiceError(
+            "CATDOG_MONITORING_PASSWORD is not set: run through make, or source scripts/env.sh "
+            "with PROFILE=scale (it makes one in $CATDOG_SECRETS_DIR/monitoring)"
+        )
+    return auth[1]
+
+
+def web_config_file(name: str) -> Path:
+    return run_dir() / name / "web.yml"
+
+
+def bcrypt_hash(password: str) -> str:
+    """The password's bcrypt hash, by htpasswd (apache2-utils), the password on its stdin."""
+    result = subprocess.run(
+        ["htpasswd", "-niBC", str(BCRYPT_COST), MONITORING_USER],
+        input=password,
         capture_output=True,
         text=True,
     )
-    if listed.returncode != 0:
-        raise ServiceError(f"cannot list PostgreSQL databases: {listed.stderr.strip()}")
-    for database in sorted(set(PG_DATABASES) - set(listed.stdout.split())):
-        created = subprocess.run(
-            [*psql, "-d", "postgres", "-c", f'CREATE DATABASE "{database}"'],
-            capture_output=True,
-            text=True,
+    if result.returncode != 0:
+        raise ServiceError(f"htpasswd failed: {result.stderr.strip()}")
+    return result.stdout.strip().split(":", 1)[1]
+
+
+def write_web_configs() -> None:
+    """Basic auth of Prometheus and the Pushgateway (their --web.config.file)."""
+    hashed = bcrypt_hash(monitoring_password())
+    for name in SCALE_MONITORING:
+        web_config_file(name).parent.mkdir(parents=True, exist_ok=True)
+        postgres.write_private(
+            web_config_file(name), f"basic_auth_users:\n  {MONITORING_USER}: '{hashed}'\n"
         )
-        if created.returncode != 0:
-            raise ServiceError(f"cannot create database {database}: {created.stderr.strip()}")
-        log(f"created PostgreSQL database {database}")
 
 
 def service_targets_file() -> Path:
@@ -695,23 +840,25 @@ def render_prometheus_config(interval: str | None = None, rules: Path | None = N
         "prefect": f"127.0.0.1:{ports().prefect_port}",
         "prefect_password_file": str(prefect_secret_file()),
         "pushgateway": f"127.0.0.1:{ports().pushgateway_port}",
+        "monitoring_user": MONITORING_USER,
+        "monitoring_password": monitoring_password(),
     }
     text = string.Template((MONITORING_DIR / "prometheus.yml.in").read_text()).substitute(values)
     config = run_dir() / "prometheus" / "prometheus.yml"
     # Prometheus watches the targets' folder: it must exist when Prometheus starts.
     service_targets_file().parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(text)
+    postgres.write_private(config, text)  # holds the Pushgateway's password
     return config
 
 
 def start_monitoring(platform: dict[str, Service]) -> None:
-    require_debian_packages("prometheus", "prometheus-pushgateway")
+    require_debian_packages("prometheus", "prometheus-pushgateway", "apache2-utils")
     render_prometheus_config()
+    write_web_configs()
     if not service_targets_file().exists():
         # No replica yet: scrape nothing until the first rollout records its replicas
         # (catdog_runtime.balancer rewrites this file whenever the replicas change).
         write_service_targets([])
-    (run_dir() / "pushgateway").mkdir(parents=True, exist_ok=True)
     for name in SCALE_MONITORING:
         start(platform[name])
     for name in SCALE_MONITORING:
@@ -723,8 +870,9 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in actions:
         print(f"usage: python -m catdog_runtime.services {'|'.join(actions)}", file=sys.stderr)
         return 2
-    (run_dir() / "logs").mkdir(parents=True, exist_ok=True)
     try:
+        secure_run_dir()
+        (run_dir() / "logs").mkdir(parents=True, exist_ok=True)
         actions[argv[0]]()
     except ServiceError as error:
         print(f"[services] ERROR: {error}", file=sys.stderr)

@@ -79,10 +79,16 @@ def wait_until(
     return time.monotonic() - started
 
 
-def http_ok(url: str, expect: Iterable[int] = (200,), timeout: float = 5) -> bool:
-    """Whether a GET of `url` answers with one of the `expect`ed statuses (False on no answer)."""
+def http_ok(
+    url: str,
+    expect: Iterable[int] = (200,),
+    timeout: float = 5,
+    auth: tuple[str, str] | None = None,
+) -> bool:
+    """Whether a GET of `url` answers with one of the `expect`ed statuses (False on no answer);
+    `auth`: (user, password) for basic auth."""
     try:
-        return httpx.get(url, timeout=timeout).status_code in tuple(expect)
+        return httpx.get(url, timeout=timeout, auth=auth).status_code in tuple(expect)
     except httpx.HTTPError:
         return False
 

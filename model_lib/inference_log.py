@@ -488,6 +488,27 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def create_postgres_table(connection) -> None:
+    """The inference-log table, its index, and any statistic column added since (idempotent).
+
+    Run by whoever may create tables: the platform's admin when it provisions the
+    database, or the writer itself on a database it owns (tests, bench)."""
+    columns = ", ".join(
+        [f"{name} {_PG_TYPES[_SQL_TYPES[name]]}" for name in RECORD_COLUMNS]
+        + [f"{name} DOUBLE PRECISION" for name in STAT_COLUMNS]
+    )
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+        connection.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (id BIGSERIAL PRIMARY KEY, {columns})"
+        )
+        connection.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (timestamp)")
+        for name in STAT_COLUMNS:  # a table from before a statistic was added
+            connection.execute(
+                f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} DOUBLE PRECISION"
+            )
+
+
 class InferenceLogUnavailable(RuntimeError):
     """The PostgreSQL server of the inference log cannot be reached."""
 
@@ -521,20 +542,17 @@ class PostgresInferenceLog(InferenceLog):
     def _ensure_schema(self, connection) -> None:
         if self._schema_ready:
             return
-        columns = ", ".join(
-            [f"{name} {_PG_TYPES[_SQL_TYPES[name]]}" for name in RECORD_COLUMNS]
-            + [f"{name} DOUBLE PRECISION" for name in STAT_COLUMNS]
-        )
-        with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-            connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {TABLE} (id BIGSERIAL PRIMARY KEY, {columns})"
+        # The platform's writers may only read, insert and delete rows (PROFILE=scale:
+        # catdog_runtime.postgres provisions the table): no DDL once it is complete.
+        present = {
+            row[0]
+            for row in connection.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s",
+                (TABLE,),
             )
-            connection.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (timestamp)")
-            for name in STAT_COLUMNS:  # a table from before a statistic was added
-                connection.execute(
-                    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} DOUBLE PRECISION"
-                )
+        }
+        if not set(COLUMNS) <= present:
+            create_postgres_table(connection)
         self._schema_ready = True
 
     def append_many(self, records: Iterable[dict]) -> int:

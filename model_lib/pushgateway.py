@@ -6,6 +6,9 @@ on accuracy, drift, the share of `neither` answers and staleness. One group
 (job `catdog-evaluate`), replaced whole on every push: a figure the latest run
 did not produce (drift, when too few requests were logged) disappears instead
 of staying stale.
+
+The Pushgateway asks for basic auth (PROFILE=scale): user `catdog`, the password
+in $CATDOG_MONITORING_PASSWORD (scripts/env.sh makes it).
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import os
 import time
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 ENV_URL = "CATDOG_PUSHGATEWAY_URL"
+ENV_PASSWORD = "CATDOG_MONITORING_PASSWORD"
+USER = "catdog"
 JOB = "catdog-evaluate"
 PUSH_TIMEOUT_SECONDS = 10
 
@@ -36,8 +42,11 @@ def push_evaluation(
     max_neither_share: float | None = None,
     drift_share: float | None = None,
     drift_detected: bool | None = None,
+    password: str | None = None,
 ) -> None:
-    """Replace the `catdog-evaluate` group on the Pushgateway at `url` with these figures."""
+    """Replace the `catdog-evaluate` group on the Pushgateway at `url` with these figures.
+
+    `password`: of user `catdog` (default: $CATDOG_MONITORING_PASSWORD; none: no auth)."""
     registry = CollectorRegistry()
 
     def gauge(name: str, help_text: str, value: float) -> None:
@@ -68,4 +77,11 @@ def push_evaluation(
         gauge("catdog_evaluation_drift_share", "Share of image statistics drifted", drift_share)
         gauge("catdog_evaluation_drift_detected", "1 when drift was detected", int(drift_detected))
     gauge("catdog_evaluation_last_run_timestamp_seconds", "When the evaluation ran", time.time())
-    push_to_gateway(url, job=JOB, registry=registry, timeout=PUSH_TIMEOUT_SECONDS)
+    password = password if password is not None else os.environ.get(ENV_PASSWORD)
+
+    def handler(url, method, timeout, headers, data):
+        if not password:
+            return default_handler(url, method, timeout, headers, data)
+        return basic_auth_handler(url, method, timeout, headers, data, USER, password)
+
+    push_to_gateway(url, job=JOB, registry=registry, timeout=PUSH_TIMEOUT_SECONDS, handler=handler)

@@ -282,6 +282,11 @@ class PlatformSettings(Part):
         "the evaluate flow pushes its figures there", shown="set by the scale profile", default=None
     )
     scrape_interval: str = doc("Prometheus scrape interval (scale profile)", default="15s")
+    monitoring_password: str | None = doc(
+        "password of user `catdog` on Prometheus and the Pushgateway (scale profile)",
+        shown="generated: .run/secrets/monitoring",
+        default=None,
+    )
 
 
 class LoopSettings(Part):

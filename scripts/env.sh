@@ -24,13 +24,13 @@ export CATDOG_PG_PORT=${CATDOG_PG_PORT:-5433}
 export PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 export PUSHGATEWAY_PORT=${PUSHGATEWAY_PORT:-9091}
 if [ "$CATDOG_PROFILE" = scale ]; then
-    # The cluster under $CATDOG_RUN_DIR/postgres listens on 127.0.0.1 only and
-    # trusts local connections; a managed PostgreSQL takes these URLs with a
-    # password instead (deploy/k8s/README.md).
-    _pg=catdog@127.0.0.1:$CATDOG_PG_PORT
-    export PREFECT_SERVER_DATABASE_CONNECTION_URL=${PREFECT_SERVER_DATABASE_CONNECTION_URL:-postgresql+asyncpg://$_pg/prefect}
-    export CATDOG_MLFLOW_BACKEND_URI=${CATDOG_MLFLOW_BACKEND_URI:-postgresql+psycopg://$_pg/mlflow}
-    export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-postgresql://$_pg/catdog}
+    # The cluster under $CATDOG_RUN_DIR/postgres listens on 127.0.0.1 only; each
+    # database has its own role, whose password is in $PGPASSFILE (below), not in
+    # these URLs. A managed PostgreSQL takes its own URLs (deploy/k8s/README.md).
+    _pg=127.0.0.1:$CATDOG_PG_PORT
+    export PREFECT_SERVER_DATABASE_CONNECTION_URL=${PREFECT_SERVER_DATABASE_CONNECTION_URL:-postgresql+asyncpg://prefect@$_pg/prefect}
+    export CATDOG_MLFLOW_BACKEND_URI=${CATDOG_MLFLOW_BACKEND_URI:-postgresql+psycopg://mlflow@$_pg/mlflow}
+    export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-postgresql://inference_log@$_pg/catdog}
     export CATDOG_PUSHGATEWAY_URL=${CATDOG_PUSHGATEWAY_URL:-http://127.0.0.1:$PUSHGATEWAY_PORT}
     export PREFECT_SERVER_METRICS_ENABLED=${PREFECT_SERVER_METRICS_ENABLED:-true}
     unset _pg
@@ -45,7 +45,9 @@ catdog_secret() {  # NAME -> the secret's value; made (random, 32 characters) if
     if [ ! -s "$file" ]; then
         (
             umask 077
-            mkdir -p "$CATDOG_SECRETS_DIR" && chmod 700 "$CATDOG_RUN_DIR" "$CATDOG_SECRETS_DIR"
+            # A run dir made here is 0700 (umask); an existing one keeps its mode, which
+            # catdog_runtime.services sets (0710 for PostgreSQL's group when run as root).
+            mkdir -p "$CATDOG_SECRETS_DIR" && chmod 700 "$CATDOG_SECRETS_DIR"
             head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32 >"$file.$$"
             mv "$file.$$" "$file"
         )
@@ -61,6 +63,21 @@ export PREFECT_SERVER_API_AUTH_STRING=${PREFECT_SERVER_API_AUTH_STRING:-catdog:$
 export PREFECT_API_AUTH_STRING=${PREFECT_API_AUTH_STRING:-$PREFECT_SERVER_API_AUTH_STRING}
 export PREFECT_SERVER_CSRF_PROTECTION_ENABLED=${PREFECT_SERVER_CSRF_PROTECTION_ENABLED:-true}
 export PREFECT_SERVER_CORS_ALLOWED_ORIGINS=${PREFECT_SERVER_CORS_ALLOWED_ORIGINS:-http://127.0.0.1:$PREFECT_PORT}
+# --- PostgreSQL roles, Prometheus + Pushgateway basic auth (scale profile; README "Security") ---
+if [ "$CATDOG_PROFILE" = scale ]; then
+    # One password per PostgreSQL role (catdog: the admin; catdog_runtime/postgres.py), in a
+    # 0600 pgpass file that libpq (MLflow, the inference log, psql) and asyncpg (Prefect) read.
+    export PGPASSFILE=${PGPASSFILE:-$CATDOG_SECRETS_DIR/pgpass}
+    if [ "$PGPASSFILE" = "$CATDOG_SECRETS_DIR/pgpass" ]; then
+        _pgpass=$(for _role in catdog prefect mlflow inference_log; do
+            echo "127.0.0.1:*:*:$_role:$(catdog_secret "postgres-$_role")"
+        done)
+        (umask 077 && echo "$_pgpass" >"$PGPASSFILE.$$" && mv -f "$PGPASSFILE.$$" "$PGPASSFILE")
+        unset _pgpass _role
+    fi
+    # User `catdog` on Prometheus and the Pushgateway (their web configs hold its bcrypt hash).
+    export CATDOG_MONITORING_PASSWORD=${CATDOG_MONITORING_PASSWORD:-$(catdog_secret monitoring)}
+fi
 export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-$CATDOG_RUN_DIR/inference_log.sqlite}
 export CATDOG_WORK_POOL=${CATDOG_WORK_POOL:-local}
 # How long `make up` / `make serve` wait for a service to become healthy: cold starts

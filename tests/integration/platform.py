@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from catdog_runtime.postgres import environment_set
 from catdog_runtime.processes import BIN, ROOT, free_port
 
 
@@ -42,3 +47,33 @@ def services_cli(env: dict, action: str, python: str = sys.executable, timeout: 
         text=True,
         timeout=timeout,
     )
+
+
+@contextmanager
+def scale_platform_up(**settings: str) -> Iterator[dict]:
+    """`make up PROFILE=scale` on free ports in a temp run dir; yields {"env", "run_dir", "up"}
+    (`up`: what `services up` printed). Stopped (`make down`) and removed afterwards."""
+    # Under /tmp with mode 755: root runs PostgreSQL as the `postgres` OS user.
+    parent = Path(tempfile.mkdtemp(prefix="catdog-scale-"))
+    parent.chmod(0o755)
+    run_dir = parent / "run"
+    env = platform_env(
+        run_dir,
+        **{
+            "PROFILE": "scale",
+            "CATDOG_PG_PORT": str(free_port()),
+            "PROMETHEUS_PORT": str(free_port()),
+            "PUSHGATEWAY_PORT": str(free_port()),
+            **settings,
+        },
+    )
+    try:
+        started = services_cli(env, "up")
+        assert started.returncode == 0, started.stdout + started.stderr
+        # The test's own PostgreSQL clients (psycopg, InferenceLog) find the roles' passwords.
+        with environment_set(PGPASSFILE=env["PGPASSFILE"]):
+            yield {"env": env, "run_dir": run_dir, "up": started.stdout + started.stderr}
+    finally:
+        stopped = services_cli(env, "down")
+        print(stopped.stdout, stopped.stderr)
+        shutil.rmtree(parent, ignore_errors=True)

@@ -11,6 +11,7 @@ The rules are the shipped expressions with their `for:` durations shortened to s
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -24,22 +25,25 @@ from catdog_runtime.waits import poll
 from model_lib.pushgateway import push_evaluation
 
 ALERT_WAIT_SECONDS = 180
+# Prometheus and the Pushgateway ask for basic auth, as on the platform.
+AUTH = (services.MONITORING_USER, secrets.token_hex(16))
 
 
 @pytest.fixture
 def monitoring(tmp_path, monkeypatch):
-    services.require_debian_packages("prometheus", "prometheus-pushgateway")
+    services.require_debian_packages("prometheus", "prometheus-pushgateway", "apache2-utils")
     monkeypatch.setenv("CATDOG_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("CATDOG_MONITORING_PASSWORD", AUTH[1])  # push_evaluation reads it too
     prometheus_port, pushgateway_port = free_port(), free_port()
     monkeypatch.setenv("PROMETHEUS_PORT", str(prometheus_port))
     monkeypatch.setenv("PUSHGATEWAY_PORT", str(pushgateway_port))
     monkeypatch.setenv("PREFECT_PORT", str(free_port()))  # scrape nobody's real server
     (tmp_path / "logs").mkdir()
-    (tmp_path / "pushgateway").mkdir()
     rules = tmp_path / "alerts.yml"
     shipped = (services.MONITORING_DIR / "alerts.yml").read_text()
     rules.write_text(re.sub(r"for: \d+m", "for: 3s", shipped))
     services.render_prometheus_config(interval="1s", rules=rules)
+    services.write_web_configs()
     platform = services.scale_services(
         {
             "mlflow": services.Service("mlflow", ["mlflow", "--backend-store-uri", "x"]),
@@ -77,7 +81,9 @@ def replicas():
 
 
 def firing(prometheus: str) -> dict[str, list[dict]]:
-    alerts = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    alerts = httpx.get(f"{prometheus}/api/v1/alerts", auth=AUTH, timeout=10).json()["data"][
+        "alerts"
+    ]
     found: dict[str, list[dict]] = {}
     for alert in alerts:
         if alert["state"] == "firing":
@@ -94,7 +100,7 @@ def wait_for_alert(prometheus: str, name: str) -> list[dict]:
 
 def wait_for_scrapes(prometheus: str, count: int) -> None:
     def healthy() -> list:
-        targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]
+        targets = httpx.get(f"{prometheus}/api/v1/targets", auth=AUTH, timeout=10).json()["data"]
         return [
             t
             for t in targets["activeTargets"]

@@ -36,6 +36,7 @@ def test_rules_unit_tests_pass():
 
 def test_prometheus_config_is_valid(tmp_path, monkeypatch):
     monkeypatch.setenv("CATDOG_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("CATDOG_MONITORING_PASSWORD", "test-password")
     config = services.render_prometheus_config(interval="2s")
     check = subprocess.run(
         ["promtool", "check", "config", "--syntax-only", str(config)],
@@ -43,3 +44,13 @@ def test_prometheus_config_is_valid(tmp_path, monkeypatch):
         text=True,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+    # The basic-auth web configs of Prometheus and the Pushgateway.
+    services.require_debian_packages("apache2-utils")
+    services.write_web_configs()
+    for name in services.SCALE_MONITORING:
+        web = services.web_config_file(name)
+        check = subprocess.run(
+            ["promtool", "check", "web-config", str(web)], capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "test-password" not in web.read_text() and web.stat().st_mode & 0o777 == 0o600

@@ -11,21 +11,20 @@ that its figures reached the Pushgateway, and which worker ran each flow run
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from catdog_runtime.processes import BIN, free_port, run
+from catdog_runtime.processes import BIN, run
 from catdog_runtime.waits import poll
 from model_lib.inference_log import InferenceLog
 from model_lib.monitoring import inference_frame
 from model_lib.traffic import send_traffic
 from tests.conftest import TEST_IMAGES
 from tests.integration.conftest import SMALL_TRAINING, pause_schedules, prefect_api, run_deployment
-from tests.integration.platform import platform_env, services_cli
+from tests.integration.platform import scale_platform_up, services_cli
+from tests.integration.test_auth_scale import open_to_others, secret_leaks
 
 TRAFFIC = 48
 RUN_WAIT_SECONDS = 1800
@@ -33,31 +32,11 @@ RUN_WAIT_SECONDS = 1800
 
 @pytest.fixture(scope="module")
 def scale_platform(real_data):
-    # Under /tmp with mode 755: root runs PostgreSQL as the `postgres` OS user.
-    run_dir = Path(tempfile.mkdtemp(prefix="catdog-scale-"))
-    run_dir.chmod(0o755)
-    env = platform_env(
-        run_dir / "run",
-        **{
-            "PROFILE": "scale",
-            "CATDOG_LOOP": "off",  # this test runs each step itself
-            "CATDOG_PG_PORT": str(free_port()),
-            "PROMETHEUS_PORT": str(free_port()),
-            "PUSHGATEWAY_PORT": str(free_port()),
-            "CATDOG_WORK_POOL": "scale-test",
-        },
-    )
-    try:
-        started = services_cli(env, "up")
-        assert started.returncode == 0, started.stdout + started.stderr
-        run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
-        platform = {"env": env, "run_dir": run_dir / "run"}
+    settings = {"CATDOG_LOOP": "off", "CATDOG_WORK_POOL": "scale-test"}  # this test runs each step
+    with scale_platform_up(**settings) as platform:
+        run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], platform["env"])
         pause_schedules(platform, "evaluate/scheduled")
         yield platform
-    finally:
-        stopped = services_cli(env, "down")
-        print(stopped.stdout, stopped.stderr)
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def is_sqlite(path: Path) -> bool:
@@ -138,7 +117,8 @@ def test_key_path_on_postgresql_through_two_workers(scale_platform):
     assert {
         r.data.metrics["drift_rows"] + r.data.metrics["neither_requests"] for r in monitoring_runs
     } == {TRAFFIC}
-    pushed = httpx.get(f"{env['CATDOG_PUSHGATEWAY_URL']}/metrics", timeout=10).text
+    auth = ("catdog", env["CATDOG_MONITORING_PASSWORD"])
+    pushed = httpx.get(f"{env['CATDOG_PUSHGATEWAY_URL']}/metrics", auth=auth, timeout=10).text
     assert 'catdog_evaluation_window_requests{instance="",job="catdog-evaluate"} 48' in pushed
     assert 'catdog_evaluation_max_neither_share{instance="",job="catdog-evaluate"} 0.2' in pushed
     assert "catdog_evaluation_neither_share{" in pushed
@@ -146,14 +126,21 @@ def test_key_path_on_postgresql_through_two_workers(scale_platform):
     # MLflow's registry and Prefect's runs live in PostgreSQL, not in SQLite files.
     import psycopg
 
-    base = env["CATDOG_INFERENCE_LOG"].rsplit("/", 1)[0]
-    with psycopg.connect(f"{base}/mlflow") as connection:
+    # Each as its own role (scripts/env.sh's URLs, passwords from PGPASSFILE).
+    mlflow_url = env["CATDOG_MLFLOW_BACKEND_URI"].replace("+psycopg", "")
+    prefect_url = env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].replace("+asyncpg", "")
+    with psycopg.connect(mlflow_url) as connection:
         (versions,) = connection.execute("SELECT count(*) FROM model_versions").fetchone()
     assert versions == 1
-    with psycopg.connect(f"{base}/prefect") as connection:
+    with psycopg.connect(prefect_url) as connection:
         (runs,) = connection.execute(
             "SELECT count(*) FROM flow_run WHERE state_type <> 'SCHEDULED'"
         ).fetchone()
     assert runs == 6  # train, package, the first rollout, three evaluations
     sqlite = [path for path in platform["run_dir"].rglob("*") if is_sqlite(path)]
     assert not sqlite, f"SQLite databases were created: {sqlite}"
+
+    # After the whole path (replicas, HAProxy, the bento store, flow runs): no secret
+    # exposed, nothing under the run dir open to other users (issue 21).
+    assert secret_leaks(platform) == []
+    assert open_to_others(platform["run_dir"]) == []

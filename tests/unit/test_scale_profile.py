@@ -58,6 +58,8 @@ def test_scale_profile_adds_postgres_two_workers_and_monitoring(env, monkeypatch
     assert names[1] == f"{names[0]}-2"  # one pool, two distinct workers
     assert platform["worker"].argv[-2:] == platform["worker-2"].argv[-2:] == ["--limit", "1"]
     assert platform["postgres"].port == 15433 and "-p" in platform["postgres"].argv
+    for name in ("prometheus", "pushgateway"):
+        assert f"--web.config.file={env / name / 'web.yml'}" in platform[name].argv
     monkeypatch.setenv("CATDOG_PREFECT_WORKERS", "3")
     assert "worker-3" in services.services()
 
@@ -68,11 +70,17 @@ def test_unknown_profile_is_refused(env, monkeypatch):
         services.services()
 
 
-def test_prometheus_config_and_replica_targets(env):
+def test_prometheus_config_and_replica_targets(env, monkeypatch):
+    monkeypatch.delenv("CATDOG_MONITORING_PASSWORD", raising=False)
+    with pytest.raises(services.ServiceError, match="CATDOG_MONITORING_PASSWORD is not set"):
+        services.render_prometheus_config()
+    monkeypatch.setenv("CATDOG_MONITORING_PASSWORD", "pw-of-the-test")
     config = services.render_prometheus_config(interval="2s")
     text = config.read_text()
     assert "scrape_interval: 2s" in text and str(services.MONITORING_DIR / "alerts.yml") in text
     assert "127.0.0.1:14200" in text and "127.0.0.1:19091" in text
+    # Prometheus scrapes the Pushgateway with the password: the file is the owner's alone.
+    assert "password: pw-of-the-test" in text and config.stat().st_mode & 0o777 == 0o600
     services.write_service_targets(["127.0.0.1:3001", "127.0.0.1:3002"])
     groups = json.loads(services.service_targets_file().read_text())
     assert [g["targets"] for g in groups] == [["127.0.0.1:3001"], ["127.0.0.1:3002"]]
