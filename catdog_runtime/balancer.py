@@ -39,6 +39,7 @@ from string import Template
 from catdog_runtime import processes, services
 from catdog_runtime.processes import ROOT
 from catdog_runtime.waits import WaitTimeout, wait_until
+from model_lib.files import atomic_write_text
 
 TEMPLATE = ROOT / "scripts" / "lb" / "haproxy.cfg.tmpl"
 BACKEND = "replicas"
@@ -93,9 +94,8 @@ def load() -> list[Replica]:
 
 def save(replicas: list[Replica]) -> None:
     state_dir().mkdir(parents=True, exist_ok=True)
-    temporary = state_dir() / "state.json.tmp"
-    temporary.write_text(json.dumps({"replicas": [asdict(r) for r in replicas]}, indent=1))
-    temporary.replace(state_dir() / "state.json")  # atomic: a reader never sees half a file
+    state = json.dumps({"replicas": [asdict(r) for r in replicas]}, indent=1)
+    atomic_write_text(state_dir() / "state.json", state)  # a reader never sees half a file
     # Prometheus (PROFILE=scale) scrapes each replica, not the balancer in front of them.
     services.write_service_targets([f"127.0.0.1:{r.port}" for r in replicas])
 
@@ -220,7 +220,7 @@ def up() -> None:
         # Replicas that died while the balancer was down come back first.
         for replica in load():
             _ensure_running(replica)
-        (state_dir() / "haproxy.cfg").write_text(render(load()))
+        atomic_write_text(state_dir() / "haproxy.cfg", render(load()))
         services.start(balancer)
     services.wait_healthy(balancer)
     services.start(platform["watchdog"])

@@ -43,6 +43,7 @@ from catdog_runtime.processes import (
     stop_tree,
 )
 from catdog_runtime.waits import WaitTimeout, http_ok, wait_until
+from model_lib.files import atomic_write_text
 from model_lib.settings import PlatformSettings, PortSettings
 
 PROGRESS_EVERY_SECONDS = 15
@@ -182,7 +183,7 @@ def start(service: Service) -> int:
     with open(service.log_file, "a") as log_handle:
         log_handle.write(f"{START_MARKER} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     process = spawn(service.argv, service.log_file, {**os.environ, **service.env})
-    service.pid_file.write_text(json.dumps({"pid": process.pid, "argv": service.argv}))
+    atomic_write_text(service.pid_file, json.dumps({"pid": process.pid, "argv": service.argv}))
     log(f"started {service.name} (pid {process.pid}), log: {service.log_file}")
     return process.pid
 
@@ -659,16 +660,12 @@ def service_targets_file() -> Path:
 
 
 def write_service_targets(addresses: list[str]) -> None:
-    """Point Prometheus at these replicas (`host:port`); it rereads the file by itself.
-
-    Written whole then renamed, so Prometheus never reads half a file.
-    """
+    """Point Prometheus at these replicas (`host:port`); it rereads the file by itself
+    (written atomically: it never reads half a file)."""
     target = service_targets_file()
     target.parent.mkdir(parents=True, exist_ok=True)
     groups = [{"targets": [address], "labels": {"replica": address}} for address in addresses]
-    partial = target.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(groups, indent=1) + "\n")
-    partial.replace(target)
+    atomic_write_text(target, json.dumps(groups, indent=1) + "\n")
 
 
 def render_prometheus_config(interval: str | None = None, rules: Path | None = None) -> Path:
@@ -684,8 +681,7 @@ def render_prometheus_config(interval: str | None = None, rules: Path | None = N
     config = run_dir() / "prometheus" / "prometheus.yml"
     # Prometheus watches the targets' folder: it must exist when Prometheus starts.
     service_targets_file().parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(text)
-    return config
+    return atomic_write_text(config, text)
 
 
 def start_monitoring(platform: dict[str, Service]) -> None:
