@@ -418,6 +418,9 @@ def up() -> None:
         )
     if "prometheus" in platform:
         start_monitoring(platform)
+    from catdog_runtime import balancer  # it imports this module
+
+    balancer.restore()  # what `production` names serves again, without a rollout
 
 
 def down() -> None:
