@@ -280,11 +280,16 @@ def switch(model_name, version, bento_tag, candidates, stable, verdict: Verdict)
 def restore_on_failure(model_name: str, stable: list[balancer.Replica]) -> None:
     """After a failed switch or withdrawal: serve what `production` names again (the
     stable replicas, when nothing was rolled out before)."""
-    if version_by_alias(MlflowClient(), model_name, PRODUCTION_ALIAS) is not None:
+    if _mlflow(version_by_alias, MlflowClient(), model_name, PRODUCTION_ALIAS) is not None:
         reconcile(model_name)
-    else:
-        served = {r.bento_tag for r in stable}
-        balancer.reconcile(served.pop() if len(served) == 1 else None, get_run_logger().info)
+        return
+    served = {r.bento_tag for r in stable}
+    if len(served) > 1:
+        raise RolloutRejected(
+            f"no '{PRODUCTION_ALIAS}' alias and the replicas serve several bentos {served}: "
+            "roll one out (`make serve`)"
+        )
+    balancer.reconcile(served.pop() if served else None, get_run_logger().info)
 
 
 def canary(candidates, stable, config: RolloutConfig, test_images_dir: str):

@@ -65,7 +65,9 @@ def version_by_alias(client, model_name: str, alias: str):
     """The model version `alias` points at, or None when the alias (or model) does not exist."""
     try:
         return client.get_model_version_by_alias(model_name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.get_http_status_code() >= 500:  # the server failed: not an answer
+            raise
         return None
 
 
