@@ -121,3 +121,22 @@ def test_a_rollout_killed_before_the_alias_move_is_reconciled_by_make_serve(
     assert bento_tag not in balancer.running_replicas().values()
 
     assert "reconcile: nothing to fix" in make_serve(platform)
+
+
+def test_make_up_after_make_down_serves_production_again(platform, serving):
+    """What a restart of the machine does to the platform: everything stops, the run
+    folder stays; `make up` alone (no rollout) brings back what `production` names."""
+    from catdog_runtime.waits import http_ok
+    from tests.integration.platform import services_cli
+
+    client, url = serving["client"], serving["url"]
+    before = production(client)
+    stopped = services_cli(platform["env"], "down", timeout=300)
+    assert stopped.returncode == 0, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert not http_ok(f"{url}/readyz")
+
+    started = services_cli(platform["env"], "up")
+    output = started.stdout + started.stderr
+    assert started.returncode == 0, output[-4000:]
+    assert "reconcile: nothing to fix" in output, output[-4000:]
+    assert answering_versions(url) == {before}
