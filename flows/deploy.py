@@ -55,7 +55,6 @@ from model_lib.rollout import (
 )
 from model_lib.tracking import (
     PROMOTING,
-    alias_bento,
     bento_of,
     ensure_tracking_server,
     version_by_alias,
@@ -84,18 +83,18 @@ def resolve_bento(bento_tag: str) -> str:
 
 @task
 def champion_bento(model_name: str) -> str:
-    """The bento `make package` built from the champion (its `bento_tag`)."""
-    found = _mlflow(alias_bento, MlflowClient(), model_name, CHAMPION_ALIAS)
-    if found is None:
+    """The bento `make package` built from the champion last (its `bento_tag`)."""
+    champion = _mlflow(version_by_alias, MlflowClient(), model_name, CHAMPION_ALIAS)
+    if champion is None:
         raise RolloutRejected(
             f"{model_name} has no '{CHAMPION_ALIAS}' alias: train a model first (`make train`)"
         )
-    version, bento_tag = found
-    if bento_tag is None:
+    if not champion.tags.get("bento_tag"):
         raise RolloutRejected(
-            f"the champion {model_name} v{version} has no bento yet: package it (`make package`)"
+            f"the champion {model_name} v{champion.version} has no bento yet: package it "
+            "(`make package`)"
         )
-    return bento_tag
+    return champion.tags["bento_tag"]
 
 
 @task
