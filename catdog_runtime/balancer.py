@@ -344,8 +344,12 @@ def reconcile(target: str | None, say=services.log) -> list[str]:
     from model_lib.rollout import RETIRE, START, STOP, WEIGHT, Served, reconcile_plan
 
     up()
+    # A server left draining or in maintenance (a retire that stopped half way) takes
+    # no traffic whatever its weight: it counts as weight 0.
     in_haproxy = {
-        int(name[1:]): int(row.get("uweight") or row.get("weight") or 0)
+        int(name[1:]): 0
+        if row.get("status", "").startswith(("DRAIN", "MAINT"))
+        else int(row.get("uweight") or row.get("weight") or 0)
         for name, row in server_stats().items()
         if name.startswith("r") and name[1:].isdigit()
     }
@@ -358,7 +362,9 @@ def reconcile(target: str | None, say=services.log) -> list[str]:
             for replica in start_replicas(action.bento_tag, action.count):
                 attach(replica, FULL_WEIGHT)
         elif action.kind == WEIGHT:
-            set_weight(Replica(action.port, action.bento_tag), action.weight)
+            replica = Replica(action.port, action.bento_tag)
+            checked(f"set server {BACKEND}/{replica.name} state ready")  # out of drain/maint
+            set_weight(replica, action.weight)
         elif action.kind == RETIRE:
             retire(Replica(action.port, action.bento_tag))
         elif action.kind == STOP:

@@ -45,6 +45,14 @@ def test_production_replicas_left_at_a_canary_weight_get_full_weight():
     assert kinds(actions) == [(WEIGHT, OLD, 4006, 100)]
 
 
+def test_a_production_replica_left_draining_is_put_back_before_the_candidate_goes():
+    """Killed while retiring the old replicas: HAProxy reports the draining one at weight 0
+    (catdog_runtime.balancer `reconcile`); it gets full weight, the candidate is retired."""
+    recorded = [Served(4001, OLD, 100), Served(4003, NEW, 100)]
+    actions = reconcile_plan(OLD, recorded, {4001: 0, 4003: 100}, {4001: OLD, 4003: NEW})
+    assert kinds(actions) == [(WEIGHT, OLD, 4001, 100), (RETIRE, NEW, 4003, None)]
+
+
 def test_servers_and_processes_the_state_file_does_not_know_are_removed():
     """A kill between `add server` and the state write, or between starting a replica
     and attaching it."""
