@@ -337,9 +337,12 @@ def champion_model_tag() -> str:
     from mlflow import MlflowClient
 
     from model_lib.config import CHAMPION_ALIAS
-    from model_lib.tracking import ensure_tracking_server, version_by_alias
+    from model_lib.tracking import ServiceUnavailable, ensure_tracking_server, version_by_alias
 
-    ensure_tracking_server()
+    try:
+        ensure_tracking_server()
+    except ServiceUnavailable as error:
+        raise SystemExit(f"{error} (or pass --model-tag and --no-naive)") from None
     champion = version_by_alias(MlflowClient(), MODEL_NAME, CHAMPION_ALIAS)
     if champion is None or not champion.tags.get("bentoml_model"):
         raise SystemExit(
