@@ -70,9 +70,9 @@ train-small: $(VENV_STAMP)  ## a quick real model (CI): train/small, EfficientNe
 package: $(VENV_STAMP)  ## champion -> BentoML model store -> bento (Prefect flow `package`)
 	$(RUN) package/champion
 
-serve: $(VENV_STAMP)  ## roll the latest packaged bento out behind the balancer (port 3000; REPLICAS=N)
+serve: $(VENV_STAMP)  ## reconcile HAProxy with `production`, then roll the champion's bento out behind it (port 3000; REPLICAS=N)
 	scripts/debian_packages.sh haproxy
-	$(RUN) deploy/rollout --params '{"bento_tag": "catdog-classifier:latest", "replicas": '$${REPLICAS:-null}'}'
+	$(RUN) deploy/rollout --params '{"replicas": '$${REPLICAS:-null}'}'
 
 rollback: $(VENV_STAMP)  ## put the previous production version back (deploy/rollback), no failed request
 	$(RUN) deploy/rollback

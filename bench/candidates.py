@@ -91,7 +91,39 @@ def build_candidate(
         folder,
         "float32",
     )
-    packaging.save_to_bento_store(candidate)
+    model_tag = packaging.save_to_bento_store(candidate)
+    client.set_model_version_tag(model_name, created.version, "bentoml_model", model_tag)
     bento_tag = packaging.build_bento(PROJECT_ROOT)
     client.set_model_version_tag(model_name, created.version, "bento_tag", bento_tag)
     return str(created.version), bento_tag
+
+
+def remove_candidate(model_name: str, version: str, say=print) -> None:
+    """Delete a candidate's bento, BentoML model and MLflow model version (with its aliases),
+    so that no later command (`make serve`, `make bench`, a `:latest` tag) picks it up.
+    A candidate that the `production` or `champion` alias names is kept, and said so."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+    from mlflow import MlflowClient
+
+    from model_lib.config import CHAMPION_ALIAS, PRODUCTION_ALIAS
+    from model_lib.tracking import version_by_alias
+
+    client = MlflowClient()
+    for alias in (PRODUCTION_ALIAS, CHAMPION_ALIAS):
+        named = version_by_alias(client, model_name, alias)
+        if named is not None and str(named.version) == str(version):
+            say(f"candidate v{version} is {alias} now: kept (bento, model and version)")
+            return
+    tags = client.get_model_version(model_name, version).tags
+    for tag, delete in (
+        ("bento_tag", bentoml.bentos.delete),
+        ("bentoml_model", bentoml.models.delete),
+    ):
+        if tags.get(tag):
+            try:
+                delete(tags[tag])
+            except NotFound:
+                pass  # deleted already (an earlier cleanup that stopped half way)
+    client.delete_model_version(model_name, version)
+    say(f"removed candidate v{version} ({tags.get('bento_tag')}, {tags.get('bentoml_model')})")

@@ -19,9 +19,11 @@ replicas drained and stopped). A benchmark, not a test: it reports figures.
     make up && make train && make package && make serve   (a platform serving)
     . scripts/env.sh && python -m bench.rollout [--settle 10]
 
-It runs against the platform of scripts/env.sh and changes what it serves:
-the candidate versions stay in the MLflow registry (tagged `purpose:
-rollout candidate`), and step 4 leaves the version that served before step 1.
+It runs against the platform of scripts/env.sh (and refuses to start when nothing
+serves there) and changes what it serves: step 4 leaves the version that served
+before step 1. The candidates' bentos, BentoML models and MLflow versions are
+deleted at the end, whatever happened (bench.candidates `remove_candidate`), so the
+next `make serve` or `make bench` does not pick them up.
 """
 
 from __future__ import annotations
@@ -167,38 +169,20 @@ def kill_one_replica() -> dict:
 SCENARIOS = ("rollout", "kill", "broken", "rollback")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settle", type=float, default=10, help="seconds of load before/after")
-    parser.add_argument(
-        "--scenarios",
-        default=",".join(SCENARIOS),
-        help=f"comma-separated, run in this order: {','.join(SCENARIOS)} "
-        "(kill needs 2 replicas serving, rollback a previous production version)",
-    )
-    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
-    args = parser.parse_args(argv)
-    chosen = args.scenarios.split(",")
-    if not set(chosen) <= set(SCENARIOS):
-        parser.error(f"--scenarios: choose among {SCENARIOS}")
-    from mlflow import MlflowClient
-
-    from bench.candidates import build_candidate
-
-    url = os.environ["CATDOG_SERVICE_URL"]
-    client = MlflowClient()
-    stable = client.get_model_version_by_alias(MODEL, "production").version
-    print(f"load average at start: {os.getloadavg()}; production is v{stable}", flush=True)
-    results: dict[str, dict] = {}
+def run_scenarios(args, chosen, url, client, stable, results, built, build_candidate) -> None:
+    """The chosen scenarios in order; their figures go to `results`, the candidate
+    versions made to `built` (as soon as each exists)."""
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as work:
         if "rollout" in chosen:
             good_version, good_bento = build_candidate(MODEL, stable, Path(work))
-            built = time.monotonic()
+            built.append(good_version)
+            built_at = time.monotonic()
             print(f"built good candidate v{good_version} ({good_bento})", flush=True)
         if "broken" in chosen:
             broken_version, broken_bento = build_candidate(
                 MODEL, stable, Path(work), constant_label="cat"
             )
+            built.append(broken_version)
             print(f"built broken candidate v{broken_version} ({broken_bento})", flush=True)
 
     def good():
@@ -221,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             # From the good bento built to the flow's end (old replicas stopped); the
             # broken candidate's build and `settle` s of load came in between.
-            figures["built_to_100pct_s_wall"] = round(time.monotonic() - built - args.settle, 1)
+            figures["built_to_100pct_s_wall"] = round(time.monotonic() - built_at - args.settle, 1)
         elif name == "kill":
             results["kill -9 of one of two replicas"] = scenario(
                 "kill -9", url, args.settle, kill_one_replica
@@ -232,6 +216,40 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             results["rollback on demand"] = scenario("rollback", url, args.settle, back)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settle", type=float, default=10, help="seconds of load before/after")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, run in this order: {','.join(SCENARIOS)} "
+        "(kill needs 2 replicas serving, rollback a previous production version)",
+    )
+    parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    chosen = args.scenarios.split(",")
+    if not set(chosen) <= set(SCENARIOS):
+        parser.error(f"--scenarios: choose among {SCENARIOS}")
+    from mlflow import MlflowClient
+
+    from bench.candidates import build_candidate, remove_candidate
+    from catdog_runtime.waits import http_ok
+
+    url = os.environ["CATDOG_SERVICE_URL"]
+    if not http_ok(f"{url}/readyz"):
+        raise SystemExit(f"nothing serves at {url}: start the platform and `make serve` first")
+    client = MlflowClient()
+    stable = client.get_model_version_by_alias(MODEL, "production").version
+    print(f"load average at start: {os.getloadavg()}; production is v{stable}", flush=True)
+    results: dict[str, dict] = {}
+    built: list[str] = []  # candidate versions, removed at the end whatever happens
+    try:
+        run_scenarios(args, chosen, url, client, stable, results, built, build_candidate)
+    finally:
+        for version in built:
+            remove_candidate(MODEL, version)
     print(f"\nload average at end: {os.getloadavg()}")
     header = f"{'phase':7} {'sent':>6} {'failed':>6} {'p50 ms':>8} {'p99 ms':>8}  versions"
     print(f"\n{'scenario':40} {header}")

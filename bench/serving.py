@@ -331,6 +331,27 @@ def start_naive(port: int, model_uri: str, work: Path, timeout: float) -> Server
     return start_server("naive", [sys.executable, *args], env, port, work, timeout)
 
 
+def champion_model_tag() -> str:
+    """The BentoML model `make package` made from the champion (its `bentoml_model` tag).
+    Fails at once when MLflow does not answer."""
+    from mlflow import MlflowClient
+
+    from model_lib.config import CHAMPION_ALIAS
+    from model_lib.tracking import ServiceUnavailable, ensure_tracking_server, version_by_alias
+
+    try:
+        ensure_tracking_server()
+    except ServiceUnavailable as error:
+        raise SystemExit(f"{error} (or pass --model-tag and --no-naive)") from None
+    champion = version_by_alias(MlflowClient(), MODEL_NAME, CHAMPION_ALIAS)
+    if champion is None or not champion.tags.get("bentoml_model"):
+        raise SystemExit(
+            f"no packaged champion of {MODEL_NAME} in MLflow: `make train package` first, "
+            "or pass --model-tag"
+        )
+    return champion.tags["bentoml_model"]
+
+
 def stored_model(tag: str):
     try:
         return bentoml.models.get(tag)
@@ -457,7 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,4,16", help="concurrency levels, comma-separated")
     parser.add_argument("--url", help="a running service to measure instead of starting one")
     parser.add_argument(
-        "--model-tag", default=os.environ.get("CATDOG_MODEL_TAG") or f"{MODEL_NAME}:latest"
+        "--model-tag",
+        default=os.environ.get("CATDOG_MODEL_TAG"),
+        help="BentoML model; default: the one `make package` made from the MLflow champion "
+        "(not the newest in the store, which may be a rollout benchmark's candidate)",
     )
     parser.add_argument("--images", type=Path, default=ROOT / "test_images")
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
@@ -480,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     elif load == "wrk" and not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk), or use --load python")
 
-    stored = stored_model(args.model_tag)
+    stored = stored_model(args.model_tag or champion_model_tag())
     onnx_path = Path(stored.path_of("model.onnx"))
     run_id = stored.info.metadata.get("mlflow_run_id")
     meta = stored.info.metadata
@@ -513,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             port = free_port()
             env = service_env(os.environ.get("BENTOML_HOME"), work)
+            env["CATDOG_MODEL_TAG"] = str(stored.tag)  # the service serves the model measured
             server = start_service(port, env, work, args.start_timeout)
             base = f"http://127.0.0.1:{port}"
         try:

@@ -1,6 +1,6 @@
 """Replicas of a bento behind HAProxy: start, weigh, drain, stop.
 
-    python -m catdog_runtime.balancer up|status|watch
+    python -m catdog_runtime.balancer up|status|watch|reconcile
 
 Clients call one address, HAProxy on $BENTO_PORT; behind it, each replica is
 a `bentoml serve <bento_tag>` on a port of its own (catdog_runtime.services
@@ -38,7 +38,9 @@ from string import Template
 
 from catdog_runtime import processes, services
 from catdog_runtime.processes import ROOT
-from catdog_runtime.waits import WaitTimeout, wait_until
+from catdog_runtime.waits import WaitTimeout, api_retrying, transient_mlflow_error, wait_until
+from model_lib.config import MODEL_NAME
+from model_lib.files import atomic_write_text
 
 TEMPLATE = ROOT / "scripts" / "lb" / "haproxy.cfg.tmpl"
 BACKEND = "replicas"
@@ -93,9 +95,8 @@ def load() -> list[Replica]:
 
 def save(replicas: list[Replica]) -> None:
     state_dir().mkdir(parents=True, exist_ok=True)
-    temporary = state_dir() / "state.json.tmp"
-    temporary.write_text(json.dumps({"replicas": [asdict(r) for r in replicas]}, indent=1))
-    temporary.replace(state_dir() / "state.json")  # atomic: a reader never sees half a file
+    state = json.dumps({"replicas": [asdict(r) for r in replicas]}, indent=1)
+    atomic_write_text(state_dir() / "state.json", state)  # a reader never sees half a file
     # Prometheus (PROFILE=scale) scrapes each replica, not the balancer in front of them.
     services.write_service_targets([f"127.0.0.1:{r.port}" for r in replicas])
 
@@ -220,7 +221,7 @@ def up() -> None:
         # Replicas that died while the balancer was down come back first.
         for replica in load():
             _ensure_running(replica)
-        (state_dir() / "haproxy.cfg").write_text(render(load()))
+        atomic_write_text(state_dir() / "haproxy.cfg", render(load()))
         services.start(balancer)
     services.wait_healthy(balancer)
     services.start(platform["watchdog"])
@@ -326,6 +327,111 @@ def retire(replica: Replica, drain_timeout: float = 60) -> None:
     services.stop(replica.service)
 
 
+def running_replicas() -> dict[int, str]:
+    """port -> bento of every replica process alive (by its pid file), behind HAProxy or not."""
+    return {
+        service.port: service.argv[2]
+        for service in services.replicas_started()
+        if services.owned_pid(service) is not None
+    }
+
+
+def reconcile(target: str | None, say=services.log) -> list[str]:
+    """Make what serves agree with `target` (the bento production names; None: nothing).
+
+    Starts the balancer if it is down (with the recorded replicas), then carries out
+    model_lib.rollout.reconcile_plan; returns what it fixed, one line per action."""
+    from model_lib.rollout import RETIRE, START, STOP, WEIGHT, Served, reconcile_plan
+
+    up()
+    # A server left draining or in maintenance (a retire that stopped half way) takes
+    # no traffic whatever its weight: it counts as weight 0.
+    in_haproxy = {
+        int(name[1:]): 0
+        if row.get("status", "").startswith(("DRAIN", "MAINT"))
+        else int(row.get("uweight") or row.get("weight") or 0)
+        for name, row in server_stats().items()
+        if name.startswith("r") and name[1:].isdigit()
+    }
+    recorded = [Served(r.port, r.bento_tag, r.weight) for r in load()]
+    actions = reconcile_plan(target, recorded, in_haproxy, running_replicas(), FULL_WEIGHT)
+    fixed = []
+    for action in actions:
+        say(f"reconcile: {action}")
+        if action.kind == START:
+            for replica in start_replicas(action.bento_tag, action.count):
+                attach(replica, FULL_WEIGHT)
+        elif action.kind == WEIGHT:
+            replica = Replica(action.port, action.bento_tag)
+            checked(f"set server {BACKEND}/{replica.name} state ready")  # out of drain/maint
+            set_weight(replica, action.weight)
+        elif action.kind == RETIRE:
+            retire(Replica(action.port, action.bento_tag))
+        elif action.kind == STOP:
+            services.stop(services.replica(action.port, action.bento_tag))
+        fixed.append(str(action))
+    return fixed
+
+
+MLFLOW_PATIENCE_SECONDS = 120
+
+
+def reconcile_with_production(model_name: str, say=services.log) -> list[str]:
+    """Make HAProxy serve what the MLflow alias `production` names, and the outcome tags of
+    interrupted rollouts true; says what it fixed, or that nothing needed fixing.
+
+    The deploy flow runs this first (with the rollout lock held); `make up` too,
+    when replicas were recorded (after a restart of the machine they serve again)."""
+    from mlflow import MlflowClient
+
+    from model_lib.config import PRODUCTION_ALIAS
+    from model_lib.tracking import alias_bento, settle_rollout_tags
+
+    client = MlflowClient()
+    retrying = api_retrying(MLFLOW_PATIENCE_SECONDS, retry_on=transient_mlflow_error, say=say)
+    production = retrying(alias_bento, client, model_name, PRODUCTION_ALIAS)
+    if production is None:
+        up()
+        say(
+            f"reconcile: {model_name} has no '{PRODUCTION_ALIAS}' alias (nothing rolled out "
+            f"yet): the {len(load())} recorded replica(s) serve as they were; nothing to fix"
+        )
+        return []
+    version, bento_tag = production
+    if bento_tag is None:
+        raise BalancerError(
+            f"{model_name} v{version} ({PRODUCTION_ALIAS}) records no bento (tags rollout_bento, "
+            "bento_tag): cannot tell what should serve; roll a bento out (`make serve`)"
+        )
+    fixed = reconcile(bento_tag, say)
+    for change in retrying(settle_rollout_tags, client, model_name, version):
+        say(f"reconcile: {change}")
+        fixed.append(change)
+    if fixed:
+        say(f"reconcile: fixed {len(fixed)} thing(s); HAProxy serves {bento_tag} (v{version})")
+    else:
+        say(
+            f"reconcile: nothing to fix: HAProxy serves {bento_tag}, which {PRODUCTION_ALIAS} "
+            f"(v{version}) names"
+        )
+    return fixed
+
+
+def restore() -> None:
+    """`make up`: serve again what production names, without a rollout (after `make down`
+    or a restart of the machine). Nothing when no replica was ever recorded here."""
+    if not load():
+        services.log("balancer: no replica recorded: `make serve` rolls out the champion")
+        return
+    services.require_debian_packages("haproxy")
+    reconcile_with_production(MODEL_NAME)
+
+
+def reconcile_now() -> None:
+    services.require_debian_packages("haproxy")
+    reconcile_with_production(MODEL_NAME)
+
+
 def watch() -> None:
     """Restart replicas whose process died (the `watchdog` service runs this)."""
     services.log("watchdog: restarting replicas that die")
@@ -351,7 +457,7 @@ def status() -> None:
 
 
 def main(argv: list[str]) -> int:
-    actions = {"up": up, "status": status, "watch": watch}
+    actions = {"up": up, "status": status, "watch": watch, "reconcile": reconcile_now}
     if len(argv) != 1 or argv[0] not in actions:
         print(f"usage: python -m catdog_runtime.balancer {'|'.join(actions)}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from catdog_runtime.processes import free_port
+from model_lib.files import atomic_write_text
 
 ADMIN = "catdog"  # the cluster's superuser: provisioning only
 # database -> the role its clients log in as
@@ -57,14 +58,6 @@ def pgpass_password(role: str, passfile: str | os.PathLike | None = None) -> str
         if len(fields) == 5 and fields[0] in ("127.0.0.1", "*") and fields[3] == role:
             return fields[4]
     raise PostgresSetupError(f"no password for PostgreSQL role {role!r} in {path}")
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to a file only its owner can read, whatever the umask."""
-    path.unlink(missing_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
 
 
 def hba_conf() -> str:
@@ -185,7 +178,7 @@ def postgres_cluster() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="catdog-pg-"))
     folder.chmod(0o755)
     passfile = folder / "pgpass"
-    write_private(
+    atomic_write_text(
         passfile,
         "".join(
             f"127.0.0.1:*:*:{role}:{secrets.token_hex(16)}\n" for role in (ADMIN, *ROLES.values())

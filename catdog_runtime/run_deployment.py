@@ -21,10 +21,12 @@ import uuid
 from datetime import UTC, datetime
 
 from catdog_runtime.prefect_api import PrefectAPI, PrefectAPIError, ui_url
+from catdog_runtime.waits import poll
 from model_lib.settings import PlatformSettings
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 POLL_SECONDS = 2
+LOG_TAIL_SECONDS = 20
 
 
 class RunProblem(RuntimeError):
@@ -47,6 +49,20 @@ def print_new_logs(api: PrefectAPI, flow_run_id: str, after: str | None) -> str 
         print(f"  {stamp} | {entry['message']}", flush=True)
         after = entry["timestamp"]
     return after
+
+
+def tail_logs(api: PrefectAPI, run_id: str, after: str | None) -> None:
+    """The run's last lines: Prefect ships logs in batches, the last ones after the run's
+    state is final. Printed until two polls in a row bring none (at most LOG_TAIL_SECONDS)."""
+    quiet, newest = [0], [after]
+
+    def fetch() -> int:
+        seen = print_new_logs(api, run_id, newest[0])
+        quiet[0] = quiet[0] + 1 if seen == newest[0] else 0
+        newest[0] = seen
+        return quiet[0]
+
+    poll(fetch, lambda polls: polls >= 2, LOG_TAIL_SECONDS, interval=POLL_SECONDS)
 
 
 def run(name: str, parameters: dict) -> int:
@@ -112,7 +128,7 @@ def run(name: str, parameters: dict) -> int:
             )
         time.sleep(POLL_SECONDS)
 
-    print_new_logs(api, run_id, last_log)
+    tail_logs(api, run_id, last_log)
     elapsed = time.monotonic() - started
     if state["type"] != "COMPLETED":
         raise RunProblem(

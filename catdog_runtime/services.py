@@ -45,6 +45,7 @@ from catdog_runtime.processes import (
 )
 from catdog_runtime.waits import WaitTimeout, http_ok, wait_until
 from model_lib import pushgateway
+from model_lib.files import atomic_write_text
 from model_lib.settings import PlatformSettings, PortSettings
 
 PROGRESS_EVERY_SECONDS = 15
@@ -213,7 +214,7 @@ def start(service: Service) -> int:
     with open(service.log_file, "a") as log_handle:
         log_handle.write(f"{START_MARKER} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     process = spawn(service.argv, service.log_file, {**os.environ, **service.env})
-    service.pid_file.write_text(json.dumps({"pid": process.pid, "argv": service.argv}))
+    atomic_write_text(service.pid_file, json.dumps({"pid": process.pid, "argv": service.argv}))
     log(f"started {service.name} (pid {process.pid}), log: {service.log_file}")
     return process.pid
 
@@ -456,6 +457,9 @@ def up() -> None:
         f"Prefect UI http://127.0.0.1:{ports().prefect_port}: sign in with catdog:<the contents "
         f"of {prefect_secret_file()}>  (copy it: echo catdog:$(cat {prefect_secret_file()}))"
     )
+    from catdog_runtime import balancer  # it imports this module
+
+    balancer.restore()  # what `production` names serves again, without a rollout
 
 
 def down() -> None:
@@ -688,7 +692,7 @@ def prepare_pg_folders() -> None:
 
 def pg_write(path: Path, text: str) -> None:
     """A file of the cluster's, owned by the OS user the server runs as."""
-    postgres.write_private(path, text)
+    atomic_write_text(path, text)
     if os.geteuid() == 0:
         shutil.chown(path, PG_OS_USER, PG_OS_USER)
 
@@ -808,7 +812,7 @@ def write_web_configs() -> None:
     hashed = bcrypt_hash(monitoring_password())
     for name in SCALE_MONITORING:
         web_config_file(name).parent.mkdir(parents=True, exist_ok=True)
-        postgres.write_private(
+        atomic_write_text(
             web_config_file(name), f"basic_auth_users:\n  {MONITORING_USER}: '{hashed}'\n"
         )
 
@@ -819,16 +823,12 @@ def service_targets_file() -> Path:
 
 
 def write_service_targets(addresses: list[str]) -> None:
-    """Point Prometheus at these replicas (`host:port`); it rereads the file by itself.
-
-    Written whole then renamed, so Prometheus never reads half a file.
-    """
+    """Point Prometheus at these replicas (`host:port`); it rereads the file by itself
+    (written atomically: it never reads half a file)."""
     target = service_targets_file()
     target.parent.mkdir(parents=True, exist_ok=True)
     groups = [{"targets": [address], "labels": {"replica": address}} for address in addresses]
-    partial = target.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(groups, indent=1) + "\n")
-    partial.replace(target)
+    atomic_write_text(target, json.dumps(groups, indent=1) + "\n")
 
 
 def render_prometheus_config(interval: str | None = None, rules: Path | None = None) -> Path:
@@ -847,8 +847,7 @@ def render_prometheus_config(interval: str | None = None, rules: Path | None = N
     config = run_dir() / "prometheus" / "prometheus.yml"
     # Prometheus watches the targets' folder: it must exist when Prometheus starts.
     service_targets_file().parent.mkdir(parents=True, exist_ok=True)
-    postgres.write_private(config, text)  # holds the Pushgateway's password
-    return config
+    return atomic_write_text(config, text)
 
 
 def start_monitoring(platform: dict[str, Service]) -> None:

@@ -8,7 +8,8 @@ wait on top of it) and one retry policy for API calls.
 - `poll(fetch, done, timeout)`: the last value of `fetch()` once `done` by it, or at the
   timeout (tests assert on it);
 - `api_retrying(patience, ...)`: retry a call that raised a transient error, with
-  exponential back-off, for up to `patience` seconds.
+  exponential back-off, for up to `patience` seconds (`retry_on=transient_mlflow_error`
+  for MLflow's client).
 """
 
 from __future__ import annotations
@@ -122,6 +123,17 @@ def transient_http_error(error: BaseException) -> bool:
         status = error.response.status_code
         return status >= 500 or status == 429
     return False
+
+
+def transient_mlflow_error(error: BaseException) -> bool:
+    """A failure of MLflow's client worth retrying: a server error (its own retries over,
+    a connection that failed is reported as one too) or no connection at all."""
+    from requests import RequestException
+
+    status = getattr(error, "get_http_status_code", None)
+    if callable(status):  # MlflowException
+        return status() >= 500
+    return isinstance(error, RequestException) or transient_http_error(error)
 
 
 def _pauses_exceed(patience: float) -> Callable[[RetryCallState], bool]:

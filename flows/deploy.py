@@ -1,7 +1,8 @@
 """Prefect flow `deploy`: a new bento reaches users through a canary, or not at all.
 
 Deployments (prefect.yaml):
-- `deploy/rollout` (`bento_tag`): start replica(s) of the bento beside the
+- `deploy/rollout` (`bento_tag`, default: the bento `make package` built from the
+  champion): start replica(s) of the bento beside the
   serving ones, wait for /readyz, give them a share of live traffic in HAProxy
   (`canary_share`), score test_images/ on the canary and on the stable
   replicas directly, compare their /metrics (5xx rate, p95 latency), then
@@ -15,10 +16,21 @@ Deployments (prefect.yaml):
 
 The first deployment (nothing serving) is judged against `min_accuracy` alone.
 Process and HAProxy control: catdog_runtime.balancer; the verdict: model_lib.rollout.
+
+Crash safety: the MLflow alias `production` is the commit point, and it moves last.
+Before traffic moves, the candidate is tagged (`previous_production_version`,
+`rollout_bento`, `rollout_outcome=promoting`); then HAProxy switches and the old
+replicas retire; then the alias moves (with retries) and the outcome is recorded.
+Every run starts by reconciling (catdog_runtime.balancer `reconcile_with_production`):
+what serves is made to agree with what `production` names, and it logs what it
+fixed. A run killed before the alias move is thereby undone by the next one; a
+failure inside the switch does the same at once, so the fleet is never left mixed.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import bentoml
@@ -28,10 +40,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from catdog_runtime import balancer
+from catdog_runtime.waits import api_retrying, transient_mlflow_error
 from flows import events
 from model_lib import monitoring
 from model_lib.client import metrics_window
-from model_lib.config import MODEL_NAME
+from model_lib.config import CHAMPION_ALIAS, MODEL_NAME, PRODUCTION_ALIAS
 from model_lib.rollout import (
     Evidence,
     RolloutConfig,
@@ -40,9 +53,16 @@ from model_lib.rollout import (
     canary_weights,
     judge,
 )
-from model_lib.tracking import ensure_tracking_server, version_by_alias
+from model_lib.tracking import (
+    PROMOTING,
+    bento_of,
+    ensure_tracking_server,
+    version_by_alias,
+)
 
-PRODUCTION_ALIAS = "production"
+# Tests only (model_lib.settings): the step (see `_step`) at which this process SIGKILLs itself.
+KILL_AT_ENV = "CATDOG_TEST_ROLLOUT_KILL_AT"
+MLFLOW_PATIENCE_SECONDS = 120
 
 
 class RolloutRejected(RuntimeError):
@@ -59,6 +79,28 @@ def resolve_bento(bento_tag: str) -> str:
         raise RolloutRejected(
             f"no bento {bento_tag!r} in the BentoML store: package one first (`make package`)"
         ) from None
+
+
+@task
+def champion_bento(model_name: str) -> str:
+    """The bento `make package` built from the champion last (its `bento_tag`)."""
+    champion = _mlflow(version_by_alias, MlflowClient(), model_name, CHAMPION_ALIAS)
+    if champion is None:
+        raise RolloutRejected(
+            f"{model_name} has no '{CHAMPION_ALIAS}' alias: train a model first (`make train`)"
+        )
+    if not champion.tags.get("bento_tag"):
+        raise RolloutRejected(
+            f"the champion {model_name} v{champion.version} has no bento yet: package it "
+            "(`make package`)"
+        )
+    return champion.tags["bento_tag"]
+
+
+@task
+def reconcile(model_name: str) -> list[str]:
+    """HAProxy made to serve what `production` names; logs what it fixed."""
+    return balancer.reconcile_with_production(model_name, say=get_run_logger().info)
 
 
 @task
@@ -96,29 +138,37 @@ def withdraw(candidates: list[balancer.Replica]) -> None:
         balancer.retire(replica)
 
 
+def _mlflow(call, *args):
+    """An MLflow call with the platform's retry policy (a server restarting, a timeout)."""
+    say = get_run_logger().warning
+    return api_retrying(MLFLOW_PATIENCE_SECONDS, retry_on=transient_mlflow_error, say=say)(
+        call, *args
+    )
+
+
 @task
-def record(
-    model_name: str,
-    version: str | None,
-    bento_tag: str,
-    outcome: str,
-    reason: str,
-    move_production: bool,
-) -> None:
-    """MLflow: tag the version with the outcome; move `production` when it now serves."""
-    logger = get_run_logger()
+def tag(model_name: str, version: str | None, tags: dict[str, str]) -> None:
     if version is None:
-        logger.warning("the bento names no MLflow model version: nothing recorded in MLflow")
+        get_run_logger().warning("the bento names no MLflow model version: no tags written")
         return
     client = MlflowClient()
-    tags = {"rollout_outcome": outcome, "rollout_reason": reason[:4000], "rollout_bento": bento_tag}
-    if move_production:
-        previous = version_by_alias(client, model_name, PRODUCTION_ALIAS)
-        if previous is not None and str(previous.version) != str(version):
-            tags["previous_production_version"] = str(previous.version)
-        client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, version)
     for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
+        _mlflow(client.set_model_version_tag, model_name, version, key, value[:4000])
+
+
+@task
+def move_production(model_name: str, version: str | None) -> None:
+    """The commit point: from here on `version` is what serves."""
+    if version is None:
+        get_run_logger().warning("the bento names no MLflow model version: alias not moved")
+        return
+    _mlflow(MlflowClient().set_registered_model_alias, model_name, PRODUCTION_ALIAS, version)
+
+
+def _step(name: str) -> None:
+    """A named point of the rollout; the fault-injection test kills the process here."""
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _emit(name: str, model_name: str, version: str | None, bento_tag: str, reason: str, **extra):
@@ -150,18 +200,19 @@ def _summary(bento_tag: str, verdict: Verdict, outcome: str) -> None:
 # ------------------------------------------------------------------ flows
 @flow(name="deploy", log_prints=True)
 def rollout(
-    bento_tag: str = f"{MODEL_NAME}:latest",
+    bento_tag: str | None = None,
     replicas: int | None = None,
     config: RolloutConfig = RolloutConfig(),  # noqa: B008 - Prefect shows it
     test_images_dir: str = "test_images",
     model_name: str = MODEL_NAME,
 ) -> str:
-    """Canary rollout of `bento_tag` (`replicas`: how many; default as many as serve now, or 1)."""
+    """Canary rollout of `bento_tag` (default: the champion's bento; `replicas`: how many,
+    default as many as serve now, or 1)."""
     logger = get_run_logger()
     ensure_tracking_server()
-    bento_tag = resolve_bento(bento_tag)
+    bento_tag = resolve_bento(bento_tag or champion_bento(model_name))
     with balancer.exclusive(f"roll out {bento_tag}"):
-        balancer.up()
+        reconcile(model_name)
         stable = balancer.load()
         if stable and all(r.bento_tag == bento_tag for r in stable):
             logger.info("%s already serves all traffic: nothing to do", bento_tag)
@@ -179,8 +230,7 @@ def rollout(
         decision = "promote" if verdict.promote else "roll back"
         logger.info("verdict: %s (%s)", decision, verdict.reason)
         if verdict.promote:
-            promote(candidates, stable)
-            record(model_name, version, bento_tag, "completed", verdict.reason, True)
+            switch(model_name, version, bento_tag, candidates, stable, verdict)
             _emit(
                 events.ROLLOUT_COMPLETED,
                 model_name,
@@ -191,11 +241,54 @@ def rollout(
             )
             _summary(bento_tag, verdict, "promoted")
             return bento_tag
-        withdraw(candidates)
-        record(model_name, version, bento_tag, "rolled-back", verdict.reason, False)
+        try:
+            withdraw(candidates)
+        except Exception:
+            restore_on_failure(model_name, stable)
+            raise
+        outcome = {"rollout_outcome": "rolled-back", "rollout_reason": verdict.reason}
+        tag(model_name, version, outcome | {"rollout_bento": bento_tag})
         _emit(events.ROLLED_BACK, model_name, version, bento_tag, verdict.reason, **verdict.figures)
         _summary(bento_tag, verdict, "rolled back")
         raise RolloutRejected(f"{bento_tag} rolled back: {verdict.reason}")
+
+
+def switch(model_name, version, bento_tag, candidates, stable, verdict: Verdict) -> None:
+    """Tags first, then traffic (old replicas retired), then the `production` alias, last.
+
+    A failure on the way puts back what `production` names (the alias has not moved),
+    so the fleet is never left half switched."""
+    previous = _mlflow(version_by_alias, MlflowClient(), model_name, PRODUCTION_ALIAS)
+    intent = {"rollout_outcome": PROMOTING, "rollout_reason": verdict.reason}
+    intent["rollout_bento"] = bento_tag
+    if previous is not None and str(previous.version) != str(version):
+        intent["previous_production_version"] = str(previous.version)
+    try:
+        tag(model_name, version, intent)
+        promote(candidates, stable)
+        _step("switched")
+        move_production(model_name, version)
+    except Exception as exc:
+        get_run_logger().error("the switch failed (%s): back to the production version", exc)
+        restore_on_failure(model_name, stable)
+        tag(model_name, version, {"rollout_outcome": "failed", "rollout_reason": str(exc)})
+        raise
+    tag(model_name, version, {"rollout_outcome": "completed"})
+
+
+def restore_on_failure(model_name: str, stable: list[balancer.Replica]) -> None:
+    """After a failed switch or withdrawal: serve what `production` names again (the
+    stable replicas, when nothing was rolled out before)."""
+    if _mlflow(version_by_alias, MlflowClient(), model_name, PRODUCTION_ALIAS) is not None:
+        reconcile(model_name)
+        return
+    served = {r.bento_tag for r in stable}
+    if len(served) > 1:
+        raise RolloutRejected(
+            f"no '{PRODUCTION_ALIAS}' alias and the replicas serve several bentos {served}: "
+            "roll one out (`make serve`)"
+        )
+    balancer.reconcile(served.pop() if served else None, get_run_logger().info)
 
 
 def canary(candidates, stable, config: RolloutConfig, test_images_dir: str):
@@ -231,7 +324,7 @@ def rollback(model_name: str = MODEL_NAME, replicas: int | None = None) -> str:
     logger = get_run_logger()
     ensure_tracking_server()
     client = MlflowClient()
-    current = version_by_alias(client, model_name, PRODUCTION_ALIAS)
+    current = _mlflow(version_by_alias, client, model_name, PRODUCTION_ALIAS)
     if current is None:
         raise RolloutRejected(
             f"{model_name} has no '{PRODUCTION_ALIAS}' alias: nothing was rolled out to roll back"
@@ -242,23 +335,26 @@ def rollback(model_name: str = MODEL_NAME, replicas: int | None = None) -> str:
             f"{model_name} v{current.version} is the first production version: "
             "there is no previous one to put back"
         )
-    earlier = client.get_model_version(model_name, previous)
-    bento_tag = earlier.tags.get("rollout_bento") or earlier.tags.get("bento_tag")
+    bento_tag = bento_of(_mlflow(client.get_model_version, model_name, previous))
     if bento_tag is None:
         raise RolloutRejected(f"{model_name} v{previous} records no bento to serve it from")
     bento_tag = resolve_bento(bento_tag)
     reason = f"on demand (deploy/rollback): v{current.version} replaced by v{previous}"
     with balancer.exclusive(f"roll back to {bento_tag}"):
-        balancer.up()
+        reconcile(model_name)
         serving = balancer.load()
-        candidates = start_replicas(bento_tag, replicas or len(serving) or 1)
-        for replica in candidates:
-            balancer.attach(replica, balancer.FULL_WEIGHT)
-        promote([], serving)  # the old ones drain while the restored ones take over
+        try:
+            candidates = start_replicas(bento_tag, replicas or len(serving) or 1)
+            for replica in candidates:
+                balancer.attach(replica, balancer.FULL_WEIGHT)
+            promote([], serving)  # the old ones drain while the restored ones take over
+            move_production(model_name, previous)  # last: the commit point
+        except Exception as exc:
+            logger.error("the rollback failed (%s): back to the production version", exc)
+            reconcile(model_name)
+            raise
     logger.info("%s serves again", bento_tag)
-    client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, previous)
-    client.set_model_version_tag(model_name, current.version, "rollout_outcome", "rolled-back")
-    client.set_model_version_tag(model_name, current.version, "rollout_reason", reason)
+    tag(model_name, current.version, {"rollout_outcome": "rolled-back", "rollout_reason": reason})
     _emit(events.ROLLED_BACK, model_name, current.version, bento_tag, reason, restored=previous)
     return bento_tag
 

@@ -8,6 +8,8 @@ ARCHITECTURES = ("baseline_cnn", "efficientnet_lite0", "efficientnet_lite1", "ef
 # The MLflow registered model and the BentoML model share this name.
 MODEL_NAME = "catdog-classifier"
 CHAMPION_ALIAS = "champion"
+# The version that serves users; moved by the deploy flow, last, once traffic follows.
+PRODUCTION_ALIAS = "production"
 
 
 @dataclass(frozen=True)

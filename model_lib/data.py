@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from model_lib.files import atomic_write_text
 from model_lib.preprocess import ImageRejected, Preprocessing, decode_image, normalize, resize
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
@@ -222,9 +223,7 @@ class ValidationReport:
         return asdict(self) | {"ok": self.ok, "excluded_count": len(self.excluded)}
 
     def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 def validate_images(

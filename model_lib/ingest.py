@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from model_lib import data as data_lib
+from model_lib.files import atomic_write_text, fsync_dir
 
 STAGING_NAME = ".ingest-staging"
 JOURNAL_NAME = ".ingest-journal.json"
@@ -77,9 +78,7 @@ class IngestReport:
         return asdict(self) | {"changed": self.changed}
 
     def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 @dataclass(frozen=True)
@@ -232,7 +231,7 @@ def ingest(
             raise IngestError(f"{exc}. The dataset is unchanged (previous version kept).") from None
         raise
     journal = {"tree": str(tree), "tree_inode": tree.stat().st_ino, "dvc_file": str(staged_dvc)}
-    _write_atomic(repo / JOURNAL_NAME, json.dumps(journal))  # the commit point
+    atomic_write_text(repo / JOURNAL_NAME, json.dumps(journal))  # the commit point
     _step("committed")
     _apply(data_root)
     report.added = [item.dest for item in planned]
@@ -263,14 +262,14 @@ def _apply(data_root: Path) -> None:
         os.rename(tree, data_root)
     elif data_root.stat().st_ino != journal["tree_inode"]:  # not swapped yet
         _exchange(tree, data_root)
-    _fsync_dir(repo)
+    fsync_dir(repo)
     _step("swapped")
     if staged_dvc.exists():
         os.replace(staged_dvc, dvc_file_for(data_root))
-        _fsync_dir(repo)
+        fsync_dir(repo)
     _step("replaced")
     (repo / JOURNAL_NAME).unlink()
-    _fsync_dir(repo)
+    fsync_dir(repo)
     shutil.rmtree(repo / STAGING_NAME, ignore_errors=True)
 
 
@@ -300,24 +299,6 @@ def _exchange(a: Path, b: Path) -> None:
     os.rename(b, aside)
     os.rename(a, b)
     os.rename(aside, a)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _step(name: str) -> None:

@@ -208,3 +208,102 @@ def canary_weights(share: float, stable_replicas: int, canary_replicas: int, ful
         return full, full
     canary_total = share / (1 - share) * stable_replicas * full
     return full, max(1, round(canary_total / canary_replicas))
+
+
+# ------------------------------------------------------------------ reconcile
+# What serves (HAProxy and the balancer's state file) against what should serve (the
+# bento of the version the MLflow alias `production` names). The deploy flow moves that
+# alias last, once traffic has followed: a rollout killed before the move never
+# happened, and what serves goes back to the alias's version. The balancer
+# (catdog_runtime.balancer `reconcile`) carries the actions out, in this order.
+START, WEIGHT, RETIRE, STOP = "start", "weight", "retire", "stop"
+
+
+@dataclass(frozen=True)
+class Served:
+    """One replica as the balancer's state file records it."""
+
+    port: int
+    bento_tag: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # START (count replicas of bento_tag), WEIGHT, RETIRE, STOP (a process only)
+    bento_tag: str
+    port: int | None = None
+    weight: int | None = None  # WEIGHT: the weight to set
+    count: int = 1  # START: how many replicas
+    why: str = ""
+
+    def __str__(self) -> str:
+        what = {
+            START: f"start {self.count} replica(s) of {self.bento_tag} at full weight",
+            WEIGHT: f"set replica r{self.port} ({self.bento_tag}) to weight {self.weight}",
+            RETIRE: f"retire replica r{self.port} ({self.bento_tag or 'unknown bento'})",
+            STOP: f"stop replica process r{self.port} ({self.bento_tag})",
+        }[self.kind]
+        return f"{what}: {self.why}"
+
+
+def reconcile_plan(
+    target: str | None,
+    recorded: list[Served],
+    in_haproxy: dict[int, int],
+    running: dict[int, str],
+    full_weight: int = 100,
+) -> list[Action]:
+    """The actions that make the fleet serve exactly `target` (None: nothing) at full weight.
+
+    `recorded`: the state file's replicas; `in_haproxy`: port -> weight of the servers
+    HAProxy has now; `running`: port -> bento of the replica processes alive. An empty
+    list: nothing to fix."""
+    actions: list[Action] = []
+    recorded_ports = {r.port for r in recorded}
+    keep = [r for r in recorded if r.bento_tag == target]
+    if target is not None and not keep:
+        served = sorted({r.bento_tag for r in recorded})
+        actions.append(
+            Action(
+                START,
+                target,
+                count=len(recorded) or 1,
+                why=f"production names it, HAProxy serves {', '.join(served) or 'nothing'}",
+            )
+        )
+    for replica in keep:
+        weight = in_haproxy.get(replica.port, replica.weight)
+        if weight != full_weight:
+            actions.append(
+                Action(
+                    WEIGHT,
+                    replica.bento_tag,
+                    replica.port,
+                    full_weight,
+                    why=f"it serves production at weight {weight} (a rollout stopped mid-way)",
+                )
+            )
+    wanted = f"production names {target}" if target else "nothing should serve"
+    for replica in recorded:
+        if replica.bento_tag != target:
+            actions.append(Action(RETIRE, replica.bento_tag, replica.port, why=wanted))
+    for port in sorted(set(in_haproxy) - recorded_ports):
+        actions.append(
+            Action(
+                RETIRE,
+                running.get(port, ""),
+                port,
+                why="in HAProxy but not in the balancer's state (a rollout stopped mid-way)",
+            )
+        )
+    for port in sorted(set(running) - recorded_ports - set(in_haproxy)):
+        actions.append(
+            Action(
+                STOP,
+                running[port],
+                port,
+                why="started but never put behind HAProxy (a rollout stopped mid-way)",
+            )
+        )
+    return actions

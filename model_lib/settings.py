@@ -317,6 +317,11 @@ class LoopSettings(Part):
         "fault-injection tests only: the ingest step at which ingest SIGKILLs itself",
         default=None,
     )
+    test_rollout_kill_at: str | None = doc(
+        "fault-injection tests only: the rollout step (`switched`: traffic moved, the "
+        "production alias not yet) at which the deploy flow SIGKILLs itself",
+        default=None,
+    )
     loop_screenshots: Path | None = doc(
         "folder where tests/integration/test_loop.py saves the UI's automations page",
         default=None,

@@ -65,8 +65,51 @@ def version_by_alias(client, model_name: str, alias: str):
     """The model version `alias` points at, or None when the alias (or model) does not exist."""
     try:
         return client.get_model_version_by_alias(model_name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.get_http_status_code() >= 500:  # the server failed: not an answer
+            raise
         return None
+
+
+def bento_of(version) -> str | None:
+    """The bento a model version is served from: the one its rollout ran (`rollout_bento`),
+    else the one `package` built from it (`bento_tag`)."""
+    return version.tags.get("rollout_bento") or version.tags.get("bento_tag")
+
+
+def alias_bento(client, model_name: str, alias: str) -> tuple[str, str | None] | None:
+    """(version, its bento) of the version `alias` names; None without the alias."""
+    version = version_by_alias(client, model_name, alias)
+    if version is None:
+        return None
+    return str(version.version), bento_of(version)
+
+
+# rollout_outcome while a rollout switches traffic, before it moves `production` (the
+# deploy flow); one that is still there afterwards was interrupted.
+PROMOTING = "promoting"
+
+
+def settle_rollout_tags(client, model_name: str, production: str | None) -> list[str]:
+    """Outcome tags of rollouts killed mid-way, made true: the production version's
+    `promoting` became `completed` (its alias move happened), any other version's
+    `interrupted` (it never became production). Returns what was changed."""
+    changed = []
+    for version in client.search_model_versions(f"name='{model_name}'"):
+        if version.tags.get("rollout_outcome") != PROMOTING:
+            continue
+        number = str(version.version)
+        outcome = "completed" if number == production else "interrupted"
+        reason = (
+            "the rollout stopped after moving the production alias; its outcome recorded later"
+            if outcome == "completed"
+            else "the rollout stopped before moving the production alias: what serves went "
+            "back to the production version"
+        )
+        client.set_model_version_tag(model_name, number, "rollout_outcome", outcome)
+        client.set_model_version_tag(model_name, number, "rollout_reason", reason)
+        changed.append(f"v{number} rollout_outcome {PROMOTING} -> {outcome}")
+    return changed
 
 
 def champion_answers_on(client, model_name: str, val_items) -> tuple[str | None, np.ndarray | None]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from catdog_runtime import postgres
@@ -35,15 +33,3 @@ def test_pgpass_lookup_by_role(tmp_path, monkeypatch):
     monkeypatch.delenv("PGPASSFILE")
     with pytest.raises(postgres.PostgresSetupError, match="PGPASSFILE is not set"):
         postgres.pgpass_password("mlflow")
-
-
-def test_private_files_are_the_owners_alone_whatever_the_umask(tmp_path):
-    previous = os.umask(0o022)
-    try:
-        target = tmp_path / "secret.yml"
-        target.write_text("old")
-        target.chmod(0o644)
-        postgres.write_private(target, "new")
-    finally:
-        os.umask(previous)
-    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o600
