@@ -61,9 +61,15 @@ def trickle(url: str, declared: int, seconds: float) -> tuple[float, bytes]:
         while time.monotonic() - started < seconds + 30:
             readable, _, _ = select.select([sock], [], [], 1.0)
             if not readable:
-                sock.sendall(b"x" * 1024)
+                try:
+                    sock.sendall(b"x" * 1024)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # it answered and closed since the select: read what it sent
                 continue
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
             if not chunk:
                 break
             answer += chunk
