@@ -42,3 +42,13 @@ def services_cli(env: dict, action: str, python: str = sys.executable, timeout: 
         text=True,
         timeout=timeout,
     )
+
+
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def log_into_mlflow(monkeypatch, env: dict) -> None:
+    """This process's MLflow clients (MlflowClient, mlflow.*) log in as the platform of
+    `env` does: MLflow reads the credentials from the environment at each request."""
+    for name in MLFLOW_CREDENTIALS:
+        monkeypatch.setenv(name, env[name])

@@ -192,9 +192,7 @@ def test_a_killed_replica_costs_at_most_the_requests_it_held_and_is_restarted(li
             lambda: services.owned_pid(victim.service) not in (None, pid), "a restart", 120
         )
         balancer.wait_for(
-            lambda: (
-                http_ok(victim.service.health_url) and balancer.checked_up(victim.name)
-            ),
+            lambda: http_ok(victim.service.health_url) and balancer.checked_up(victim.name),
             "the restarted replica back in HAProxy",
             900,
         )
