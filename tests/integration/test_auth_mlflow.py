@@ -8,8 +8,11 @@ import stat
 from pathlib import Path
 
 import httpx
+import onnx
 import psutil
 import pytest
+
+from tests.integration.conftest import run_deployment
 
 REGISTRY_SEARCH = "/api/2.0/mlflow/registered-models/search"
 SET_ALIAS = "/api/2.0/mlflow/registered-models/alias"
@@ -120,6 +123,33 @@ def test_host_and_origin_checks_let_only_the_platforms_clients_in(mlflow):
     assert foreign.status_code == 403
     own = call(mlflow, "POST", path, auth, headers={"Origin": mlflow["url"]}, **create)
     assert own.status_code == 200, own.text
+
+
+def test_package_refuses_a_model_file_changed_in_the_artifact_store(platform, trained):
+    """Someone who can write MLflow's artifacts (not its registry) swaps the champion's
+    ONNX file: `package/champion` fails, saying what happened and what to do."""
+    from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
+    from model_lib.tracking import SHA256_KEYS, file_sha256
+
+    client, _ = trained
+    champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
+    recorded = champion.tags[SHA256_KEYS["float32"]]
+    artifacts = Path(platform["state"]) / "mlflow" / "artifacts"
+    (stored,) = [p for p in artifacts.rglob("model.onnx") if file_sha256(p) == recorded]
+    original = stored.read_bytes()
+    swapped = onnx.load_from_string(original)
+    swapped.doc_string = "not the model training registered"
+    try:
+        onnx.save(swapped, str(stored))  # a valid ONNX file, another one
+        flow_run = run_deployment(
+            platform, "package/champion", {"precision": "float32"}, check=False
+        )
+    finally:
+        stored.write_bytes(original)  # later tests package this champion
+    assert flow_run["state"]["type"] == "FAILED"
+    message = flow_run["state"]["message"]
+    assert "changed after registration" in message and recorded in message, message
+    assert "make train" in message
 
 
 def platform_processes(run_dir: Path) -> list[psutil.Process]:
