@@ -9,10 +9,15 @@ Needs the platform up (`make all`) and Debian's chromium (`apt-get install chrom
 from __future__ import annotations
 
 import argparse
+import base64
+import fcntl
+import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -23,38 +28,140 @@ from model_lib.settings import PortSettings
 OUT = Path("docs/screenshots")
 
 
-def chromium_screenshot(url: str, out: Path, width: int = 1400, height: int = 900) -> None:
+def chromium_screenshot(
+    url: str, out: Path, width: int = 1400, height: int = 900, headers: dict | None = None
+) -> None:
+    """A screenshot of `url` by headless Chromium, sending `headers` with every request.
+
+    Chromium is driven over --remote-debugging-pipe (DevTools on two file descriptors
+    only this process holds): a login header set so is in no command line, unlike
+    `http://user:password@host`, and no local user can attach to a debugging port.
+    """
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         raise SystemExit("chromium not found: apt-get install -y chromium")
-    with tempfile.TemporaryDirectory() as profile:
-        # The background-networking flags keep Chromium from calling out: only
-        # package registries are reachable here, and each refused call slows it.
-        subprocess.run(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                f"--window-size={width},{height}",
-                "--virtual-time-budget=15000",
-                "--hide-scrollbars",
-                f"--screenshot={out.resolve()}",
-                url,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
+    with tempfile.TemporaryDirectory() as profile, DevTools(binary, profile) as browser:
+        target = browser.call("Target.createTarget", url="about:blank")["targetId"]
+        session = browser.call("Target.attachToTarget", targetId=target, flatten=True)
+        page = session["sessionId"]
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            page,
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
         )
+        browser.call("Network.enable", page)
+        browser.call("Network.setExtraHTTPHeaders", page, headers=headers or {})
+        browser.call("Page.navigate", page, url=url)
+        # As `--virtual-time-budget=15000`: let the page's scripts run 15 s of virtual
+        # time (fetches complete first), then shoot.
+        browser.call(
+            "Emulation.setVirtualTimePolicy",
+            page,
+            policy="pauseIfNetworkFetchesPending",
+            budget=15000,
+        )
+        browser.wait_event("Emulation.virtualTimeBudgetExpired", timeout=120)
+        shot = browser.call("Page.captureScreenshot", page, format="png")
+        out.write_bytes(base64.b64decode(shot["data"]))
     if not out.is_file() or out.stat().st_size < 10_000:
         raise SystemExit(f"screenshot of {url} failed or is blank: {out}")
     print(f"{out}  <- {url}")
+
+
+class DevTools:
+    """Headless Chromium and its DevTools protocol over a pipe (JSON messages ending in NUL)."""
+
+    def __init__(self, binary: str, profile: str) -> None:
+        self.argv = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            # The background-networking flags keep Chromium from calling out: only
+            # package registries are reachable here, and each refused call slows it.
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+        ]
+        self.next_id, self.buffer, self.events = 0, b"", []
+
+    def __enter__(self) -> DevTools:
+        to_chromium, from_chromium = os.pipe(), os.pipe()
+        # Chromium reads commands on fd 3 and answers on fd 4; above 4 first, so the
+        # dup2 calls in the child never overwrite one another.
+        read_end = fcntl.fcntl(to_chromium[0], fcntl.F_DUPFD, 10)
+        write_end = fcntl.fcntl(from_chromium[1], fcntl.F_DUPFD, 10)
+
+        def wire() -> None:
+            os.dup2(read_end, 3)
+            os.dup2(write_end, 4)
+
+        self.process = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(3, 4),
+            preexec_fn=wire,
+        )
+        for fd in (*to_chromium[:1], from_chromium[1], read_end, write_end):
+            os.close(fd)
+        self.commands, self.answers = to_chromium[1], from_chromium[0]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.commands)  # Chromium exits when its pipe closes
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.answers)
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self.commands, json.dumps(message).encode() + b"\0")
+        while True:
+            answer = self.receive(timeout=120)
+            if answer.get("id") == self.next_id:
+                if "error" in answer:
+                    raise SystemExit(f"Chromium: {method} failed: {answer['error']}")
+                return answer.get("result", {})
+            self.events.append(answer)
+
+    def wait_event(self, method: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events:
+                if event.get("method") == method:
+                    self.events.remove(event)
+                    return event
+            self.events.append(self.receive(timeout=deadline - time.monotonic()))
+
+    def receive(self, timeout: float) -> dict:
+        while b"\0" not in self.buffer:
+            ready, _, _ = select.select([self.answers], [], [], max(timeout, 0))
+            chunk = os.read(self.answers, 1 << 20) if ready else b""
+            if not chunk:
+                raise SystemExit("Chromium stopped answering (exited or timed out)")
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+
+def basic_auth(user: str, password: str) -> dict:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 def main() -> None:
@@ -91,14 +198,20 @@ def main() -> None:
         order_by=["attributes.start_time DESC"],
     ) or [None]
     chromium_screenshot(f"{prefect}/runs", args.out / "prefect-runs.png")
+    # MLflow's UI logs in as its clients do (scripts/env.sh).
+    login = basic_auth(
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    )
     chromium_screenshot(
         f"{mlflow_url}/#/experiments/{training.experiment_id}/runs/{champion.run_id}/model-metrics",
         args.out / "mlflow-run-metrics.png",
+        headers=login,
     )
     chromium_screenshot(
         f"{mlflow_url}/#/experiments/{training.experiment_id}/runs/{champion.run_id}"
         "/artifacts/plots/confusion_matrix.png",
         args.out / "mlflow-run-plots.png",
+        headers=login,
     )
     with tempfile.TemporaryDirectory(prefix="catdog-screenshots-") as tmp:
         report = client.download_artifacts(evaluation.info.run_id, "drift_report.html", tmp)
