@@ -118,7 +118,9 @@ def test_first_version_is_champion(first_run):
     assert "first registered model becomes champion" in version.tags["promotion_reason"]
 
 
-def test_registration_records_the_sha256_of_each_onnx_file(first_run, platform, tmp_path):
+def test_registration_records_the_sha256_of_each_onnx_file(
+    first_run, platform, tmp_path, monkeypatch
+):
     """What `package` checks its download against (model_lib.tracking.verify_sha256)."""
     import mlflow
 
@@ -127,19 +129,15 @@ def test_registration_records_the_sha256_of_each_onnx_file(first_run, platform, 
 
     client, run = first_run
     (version,) = client.search_model_versions(f"run_id='{run.info.run_id}'")
-    server = platform["mlflow_uri"]
+    # The registry (models:/) and the artifacts of the platform's server, as the flows see it.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", platform["mlflow_uri"])
     folder = mlflow.artifacts.download_artifacts(
-        f"models:/{version.name}/{version.version}",
-        dst_path=str(tmp_path / "model"),
-        tracking_uri=server,
+        f"models:/{version.name}/{version.version}", dst_path=str(tmp_path / "model")
     )
     files = {"float32": f"{folder}/model.onnx"}
     if run.data.tags["served_precision"] == "int8":
         files["int8"] = mlflow.artifacts.download_artifacts(
-            run_id=run.info.run_id,
-            artifact_path=INT8_ARTIFACT_PATH,
-            dst_path=str(tmp_path),
-            tracking_uri=server,
+            run_id=run.info.run_id, artifact_path=INT8_ARTIFACT_PATH, dst_path=str(tmp_path)
         )
     assert {k for k in version.tags if k.endswith("sha256")} == {SHA256_KEYS[p] for p in files}
     for precision, path in files.items():
