@@ -12,7 +12,7 @@ IMAGE ?= catdog-classifier:latest
 DEBIAN_PACKAGES := haproxy postgresql prometheus prometheus-pushgateway
 
 .PHONY: help all setup lock data up down status deploy train train-transfer train-small \
-        train-lite0 package serve rollback serving bench-rollout traffic evaluate urls containerize smoke \
+        train-lite0 package serve rollback serving bench-rollout bench-soak traffic evaluate urls containerize smoke \
         bench bench-platform bench-replicas screenshots tools test test-unit test-data test-model test-integration \
         lint format clean loop-on loop-off loop-status dvc-remote ingest loop-demo
 
@@ -121,6 +121,10 @@ bench-rollout: $(VENV_STAMP)  ## 16 clients through the balancer during rollout,
 	scripts/debian_packages.sh haproxy
 	$(ENV) python -m bench.rollout
 
+bench-soak: $(VENV_STAMP)  ## mixed + hostile traffic, a replica kill -9 every 2 min, SOAK_MINUTES (3); needs make serve REPLICAS=2
+	scripts/debian_packages.sh haproxy
+	$(ENV) python -m bench.soak --minutes $${SOAK_MINUTES:-3}
+
 bench-replicas: $(VENV_STAMP)  ## throughput through the balancer with 1 vs 2 replicas (wrk, side by side)
 	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(ENV) python -m bench.replicas
@@ -135,6 +139,7 @@ screenshots: $(VENV_STAMP)  ## README screenshots of the running platform (headl
 urls:  ## where everything is, and how to stop it
 	@. scripts/env.sh; echo; echo "Platform is up:"; \
 	echo "  Prefect UI     http://127.0.0.1:$$PREFECT_PORT   (flow runs; evaluate/scheduled runs every 15 min)"; \
+	echo "                 sign in with catdog:<contents of $$CATDOG_SECRETS_DIR/prefect-api>"; \
 	echo "  MLflow UI      http://127.0.0.1:$$MLFLOW_PORT   (experiments catdog-training, catdog-monitoring)"; \
 	echo "                 log in as $$MLFLOW_TRACKING_USERNAME, password: cat $$CATDOG_SECRETS_DIR/mlflow-admin-password"; \
 	echo "  Service docs   http://127.0.0.1:$$BENTO_PORT    (curl -F image=@test_images/cat/cat.5000.jpg http://127.0.0.1:$$BENTO_PORT/classify)"; \

@@ -155,34 +155,13 @@ def scenario(title: str, url: str, settle: float, action) -> dict:
 
 
 def kill_one_replica() -> dict:
-    from catdog_runtime import balancer, processes, services
-    from catdog_runtime.waits import http_ok
+    from bench.faults import kill_replica
+    from catdog_runtime import balancer
 
     replicas = balancer.load()
     if len(replicas) < 2:
         raise SystemExit(f"expected 2 replicas behind the balancer, found {len(replicas)}")
-    victim = replicas[0]
-    pid = services.owned_pid(victim.service)
-    # The whole replica: `bentoml serve` and its workers (which run in sessions of their own).
-    tree = processes.descendants(pid)
-    processes.kill_all(tree)
-    killed = time.monotonic()
-    print(f"    killed replica {victim.name} (pids {sorted(tree)}) with SIGKILL", flush=True)
-    balancer.wait_for(
-        lambda: services.owned_pid(victim.service) not in (None, pid),
-        "the watchdog restarting the replica",
-        timeout=120,
-    )
-    restarted = time.monotonic()
-    balancer.wait_for(
-        lambda: http_ok(victim.service.health_url) and balancer.checked_up(victim.name),
-        "the restarted replica back in HAProxy",
-        timeout=900,
-    )
-    return {
-        "restart_started_after_s": round(restarted - killed, 1),
-        "back_in_rotation_after_s": round(time.monotonic() - killed, 1),
-    }
+    return kill_replica(replicas[0])
 
 
 SCENARIOS = ("rollout", "kill", "broken", "rollback")

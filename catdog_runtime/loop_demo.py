@@ -66,7 +66,8 @@ def main() -> None:
     if run("-m", "catdog_runtime.run_deployment", "evaluate/scheduled", check=False) == 0:
         print("evaluation passed: no alarm was raised (was the traffic shifted enough?)")
     step(
-        "the loop continues by itself; watch it in the Prefect UI:\n"
+        "the loop continues by itself; watch it in the Prefect UI (sign in with "
+        f"catdog:<contents of {os.environ['CATDOG_SECRETS_DIR']}/prefect-api>):\n"
         f"  events       {ui}/events            (catdog.* events, each linked to its run)\n"
         f"  automations  {ui}/automations       (retrain-on-alarm, package-on-promotion, ...)\n"
         f"  runs         {ui}/runs              (train/retrain -> package/champion -> "

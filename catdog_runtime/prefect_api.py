@@ -6,13 +6,20 @@ create a run and follow it. A busy server (SQLite locked, a slow machine) can ti
 out or answer 5xx for a while: calls go through the one API retry policy
 (`catdog_runtime.waits.api_retrying`) for `patience` seconds, then fail with a
 message that says what to do.
+
+Authentication (README "Security"): every call sends $PREFECT_API_AUTH_STRING as
+basic auth, and every state-changing call a CSRF token fetched from the server,
+as Prefect's own client does (PREFECT_SERVER_CSRF_PROTECTION_ENABLED).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import httpx
 
@@ -31,6 +38,18 @@ def api_url() -> str:
     return url
 
 
+def auth_headers(auth: str | None = None) -> dict[str, str]:
+    """The basic-auth header for `auth`, default $PREFECT_API_AUTH_STRING (none when unset)."""
+    auth = auth or os.environ.get("PREFECT_API_AUTH_STRING")
+    if not auth:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+
+# Calls the server's CSRF check applies to (prefect.server.api.middleware).
+CSRF_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
 def ui_url(api: str, flow_run_id: str) -> str:
     return f"{api.rstrip('/').removesuffix('/api')}/runs/flow-run/{flow_run_id}"
 
@@ -44,15 +63,41 @@ class PrefectAPI:
         patience: float = 300,
         say: Callable[[str], None] | None = None,
         timeout: float = 30,
+        auth: str | None = None,
     ):
         self.url = (url or api_url()).rstrip("/")
         self.patience = patience
         self.say = say
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=auth_headers(auth))
         self.sleep = time.sleep  # the pause between retries (a test's clock replaces it)
+        self.csrf_client = str(uuid.uuid4())
+        self.csrf_token: dict | None = None  # {"token", "expiration"} from the server
+        self.csrf_enabled = True  # until the server says it has no CSRF check
+
+    def _csrf_headers(self) -> dict[str, str]:
+        """The CSRF token headers, fetched anew when missing or expired."""
+        if self.csrf_token is None or datetime.fromisoformat(
+            self.csrf_token["expiration"]
+        ) <= datetime.now(UTC):
+            response = self.http.get("/csrf-token", params={"client": self.csrf_client})
+            if response.status_code == 422 and "CSRF protection is disabled" in response.text:
+                self.csrf_enabled = False
+                return {}
+            response.raise_for_status()
+            self.csrf_token = response.json()
+        return {
+            "Prefect-Csrf-Token": self.csrf_token["token"],
+            "Prefect-Csrf-Client": self.csrf_client,
+        }
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        if method.upper() in CSRF_METHODS and self.csrf_enabled:
+            kwargs["headers"] = {**kwargs.get("headers", {}), **self._csrf_headers()}
         response = self.http.request(method, path, **kwargs)
+        if response.status_code == 403 and "Invalid CSRF token" in response.text:
+            self.csrf_token = None  # the server forgot it (restarted, expired): once more
+            kwargs["headers"] = {**kwargs["headers"], **self._csrf_headers()}
+            response = self.http.request(method, path, **kwargs)
         response.raise_for_status()
         return response
 

@@ -14,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
@@ -105,6 +107,57 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# ------------------------------------------------------------------ memory
+class RssSampler:
+    """Resident memory of every process below `roots()` (asked again at each sample,
+    so a restarted server is followed), sampled every `interval` s in a thread.
+
+    `peak`: pid -> highest RSS seen; `first`: pid -> RSS when first seen (a
+    baseline); `history`: (monotonic time, pid, RSS) every `history_every` s."""
+
+    def __init__(
+        self, roots: Callable[[], Iterable[int]], interval: float = 0.02, history_every=1.0
+    ):
+        self.roots, self.interval, self.history_every = roots, interval, history_every
+        self.peak: dict[int, int] = {}
+        self.first: dict[int, int] = {}
+        self.history: list[tuple[float, int, int]] = []
+        self._last_history = float("-inf")
+        self.baseline = self.sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> dict[int, int]:
+        now = {}
+        for root in self.roots():
+            for pid in descendants(root):
+                try:
+                    now[pid] = psutil.Process(pid).memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+        for pid, rss in now.items():
+            self.peak[pid] = max(self.peak.get(pid, 0), rss)
+            self.first.setdefault(pid, rss)
+        moment = time.monotonic()
+        if moment - self._last_history >= self.history_every:
+            self._last_history = moment
+            self.history.extend((moment, pid, rss) for pid, rss in now.items())
+        return now
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 # ------------------------------------------------------------------ start / stop

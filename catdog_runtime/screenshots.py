@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import fcntl
 import json
 import os
 import select
@@ -28,140 +27,166 @@ from model_lib.settings import PortSettings
 OUT = Path("docs/screenshots")
 
 
-def chromium_screenshot(
-    url: str, out: Path, width: int = 1400, height: int = 900, headers: dict | None = None
-) -> None:
-    """A screenshot of `url` by headless Chromium, sending `headers` with every request.
+# Chromium's background-networking flags keep it from calling out: only package
+# registries are reachable here, and each refused call slows it.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+# How long a page may take to load and go quiet, and to draw once it has.
+LOAD_TIMEOUT_SECONDS = 120
+SETTLE_SECONDS = 2
+# Where the Prefect UI keeps the base64 of the auth string it signs in with (the
+# `prefect-password` key of both the v1 and the v2 UI of Prefect 3.9).
+PREFECT_UI_AUTH_KEY = "prefect-password"
 
-    Chromium is driven over --remote-debugging-pipe (DevTools on two file descriptors
-    only this process holds): a login header set so is in no command line, unlike
-    `http://user:password@host`, and no local user can attach to a debugging port.
-    """
+
+class DevTools:
+    """Chromium driven over --remote-debugging-pipe (DevTools protocol on fds 3 and 4):
+    no debugging port another local user could reach, no secret in argv."""
+
+    def __init__(self, binary: str, profile: str, width: int, height: int):
+        to_chromium, self._commands = os.pipe()
+        self._answers, from_chromium = os.pipe()
+
+        def on_fds_3_and_4() -> None:  # runs in the child, before close_fds
+            os.dup2(to_chromium, 3)
+            os.dup2(from_chromium, 4)
+
+        self.process = subprocess.Popen(
+            [
+                binary,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            pass_fds=(3, 4),
+            preexec_fn=on_fds_3_and_4,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_chromium)
+        os.close(from_chromium)
+        self._buffer = b""
+        self._next_id = 0
+        self.events: list[dict] = []
+
+    def _read(self) -> dict:
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._answers], [], [], LOAD_TIMEOUT_SECONDS)
+            if not ready:
+                raise RuntimeError(f"chromium said nothing for {LOAD_TIMEOUT_SECONDS} s")
+            chunk = os.read(self._answers, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"chromium exited (status {self.process.wait()})")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        while True:
+            answer = self._read()
+            if answer.get("id") == self._next_id:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error']}")
+                return answer["result"]
+            self.events.append(answer)
+
+    def wait_event(self, method: str, **params) -> dict:
+        """The first event `method` whose params include `params` (earlier ones dropped)."""
+        while True:
+            while self.events:
+                event = self.events.pop(0)
+                given = event.get("params", {})
+                if event.get("method") == method and all(
+                    given.get(k) == v for k, v in params.items()
+                ):
+                    return event
+            self.events.append(self._read())
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        finally:
+            os.close(self._commands)
+            os.close(self._answers)
+            self.process.wait(timeout=30)
+
+
+def chromium_screenshot(
+    url: str,
+    out: Path,
+    width: int = 1400,
+    height: int = 900,
+    local_storage: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """A PNG of `url` once it has drawn; `local_storage` is set in the page's origin
+    before any of its scripts run (how the Prefect UI finds its credentials), `headers`
+    go with every request the page makes (MLflow's basic-auth login)."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         raise SystemExit("chromium not found: apt-get install -y chromium")
-    with tempfile.TemporaryDirectory() as profile, DevTools(binary, profile) as browser:
-        target = browser.call("Target.createTarget", url="about:blank")["targetId"]
-        session = browser.call("Target.attachToTarget", targetId=target, flatten=True)
-        page = session["sessionId"]
-        browser.call(
-            "Emulation.setDeviceMetricsOverride",
-            page,
-            width=width,
-            height=height,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        browser.call("Network.enable", page)
-        browser.call("Network.setExtraHTTPHeaders", page, headers=headers or {})
-        browser.call("Page.navigate", page, url=url)
-        # As `--virtual-time-budget=15000`: let the page's scripts run 15 s of virtual
-        # time (fetches complete first), then shoot.
-        browser.call(
-            "Emulation.setVirtualTimePolicy",
-            page,
-            policy="pauseIfNetworkFetchesPending",
-            budget=15000,
-        )
-        browser.wait_event("Emulation.virtualTimeBudgetExpired", timeout=120)
-        shot = browser.call("Page.captureScreenshot", page, format="png")
-        out.write_bytes(base64.b64decode(shot["data"]))
-    if not out.is_file() or out.stat().st_size < 10_000:
+    with tempfile.TemporaryDirectory() as profile:
+        browser = DevTools(binary, profile, width, height)
+        try:
+            # A tab of its own: the one Chromium opens at start is not attached for capture.
+            page = browser.send("Target.createTarget", url="about:blank")["targetId"]
+            session = browser.send("Target.attachToTarget", targetId=page, flatten=True)[
+                "sessionId"
+            ]
+            browser.send("Page.enable", session)
+            if headers:
+                browser.send("Network.enable", session)
+                browser.send("Network.setExtraHTTPHeaders", session, headers=headers)
+            if local_storage:
+                # about:blank has no storage of its own: only the page's origin is written.
+                script = (
+                    f"try {{ for (const [k, v] of Object.entries({json.dumps(local_storage)}))"
+                    " localStorage.setItem(k, v); } catch (e) {}"
+                )
+                browser.send("Page.addScriptToEvaluateOnNewDocument", session, source=script)
+            browser.send("Page.setLifecycleEventsEnabled", session, enabled=True)
+            browser.send("Page.navigate", session, url=url)
+            # The UIs fetch their data after the page has loaded: wait until no request
+            # has been pending for a while, then give them a moment to draw it.
+            browser.wait_event("Page.lifecycleEvent", name="networkIdle")
+            time.sleep(SETTLE_SECONDS)
+            shot = browser.send("Page.captureScreenshot", session, format="png")
+        finally:
+            browser.close()
+    out.write_bytes(base64.b64decode(shot["data"]))
+    if out.stat().st_size < 10_000:
         raise SystemExit(f"screenshot of {url} failed or is blank: {out}")
     print(f"{out}  <- {url}")
 
 
-class DevTools:
-    """Headless Chromium and its DevTools protocol over a pipe (JSON messages ending in NUL)."""
-
-    def __init__(self, binary: str, profile: str) -> None:
-        self.argv = [
-            binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            # The background-networking flags keep Chromium from calling out: only
-            # package registries are reachable here, and each refused call slows it.
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-pipe",
-        ]
-        self.next_id, self.buffer, self.events = 0, b"", []
-
-    def __enter__(self) -> DevTools:
-        to_chromium, from_chromium = os.pipe(), os.pipe()
-        # Chromium reads commands on fd 3 and answers on fd 4; above 4 first, so the
-        # dup2 calls in the child never overwrite one another.
-        read_end = fcntl.fcntl(to_chromium[0], fcntl.F_DUPFD, 10)
-        write_end = fcntl.fcntl(from_chromium[1], fcntl.F_DUPFD, 10)
-
-        def wire() -> None:
-            os.dup2(read_end, 3)
-            os.dup2(write_end, 4)
-
-        self.process = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4),
-            preexec_fn=wire,
-        )
-        for fd in (*to_chromium[:1], from_chromium[1], read_end, write_end):
-            os.close(fd)
-        self.commands, self.answers = to_chromium[1], from_chromium[0]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        os.close(self.commands)  # Chromium exits when its pipe closes
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        os.close(self.answers)
-
-    def call(self, method: str, session: str | None = None, **params) -> dict:
-        self.next_id += 1
-        message = {"id": self.next_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        os.write(self.commands, json.dumps(message).encode() + b"\0")
-        while True:
-            answer = self.receive(timeout=120)
-            if answer.get("id") == self.next_id:
-                if "error" in answer:
-                    raise SystemExit(f"Chromium: {method} failed: {answer['error']}")
-                return answer.get("result", {})
-            self.events.append(answer)
-
-    def wait_event(self, method: str, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.events:
-                if event.get("method") == method:
-                    self.events.remove(event)
-                    return event
-            self.events.append(self.receive(timeout=deadline - time.monotonic()))
-
-    def receive(self, timeout: float) -> dict:
-        while b"\0" not in self.buffer:
-            ready, _, _ = select.select([self.answers], [], [], max(timeout, 0))
-            chunk = os.read(self.answers, 1 << 20) if ready else b""
-            if not chunk:
-                raise SystemExit("Chromium stopped answering (exited or timed out)")
-            self.buffer += chunk
-        message, self.buffer = self.buffer.split(b"\0", 1)
-        return json.loads(message)
+def prefect_ui_login(auth: str | None = None) -> dict[str, str]:
+    """The Prefect UI's stored sign-in for `auth`, default $PREFECT_API_AUTH_STRING."""
+    auth = auth or os.environ.get("PREFECT_API_AUTH_STRING")
+    if not auth:
+        return {}
+    return {PREFECT_UI_AUTH_KEY: base64.b64encode(auth.encode()).decode()}
 
 
-def basic_auth(user: str, password: str) -> dict:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+def mlflow_ui_login() -> dict[str, str]:
+    """The MLflow UI's HTTP basic login as the platform's clients log in (scripts/env.sh)."""
+    user, password = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def main() -> None:
@@ -178,9 +203,14 @@ def main() -> None:
         # The event feed filtered to the project's events (a trailing * is a prefix in
         # the UI's `events` query), and the chain of runs they started.
         events = f"{prefect}/events?events=catdog.*"
-        chromium_screenshot(events, args.out / "loop-events.png", height=1100)
-        chromium_screenshot(f"{prefect}/runs", args.out / "loop-runs.png", height=1100)
-        chromium_screenshot(f"{prefect}/automations", args.out / "loop-automations.png")
+        login = prefect_ui_login()
+        chromium_screenshot(events, args.out / "loop-events.png", height=1100, local_storage=login)
+        chromium_screenshot(
+            f"{prefect}/runs", args.out / "loop-runs.png", height=1100, local_storage=login
+        )
+        chromium_screenshot(
+            f"{prefect}/automations", args.out / "loop-automations.png", local_storage=login
+        )
         return
     mlflow_url = os.environ.get("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{ports.mlflow_port}")
     service = f"http://127.0.0.1:{ports.bento_port}"
@@ -197,21 +227,19 @@ def main() -> None:
         max_results=1,
         order_by=["attributes.start_time DESC"],
     ) or [None]
-    chromium_screenshot(f"{prefect}/runs", args.out / "prefect-runs.png")
-    # MLflow's UI logs in as its clients do (scripts/env.sh).
-    login = basic_auth(
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    chromium_screenshot(
+        f"{prefect}/runs", args.out / "prefect-runs.png", local_storage=prefect_ui_login()
     )
     chromium_screenshot(
         f"{mlflow_url}/#/experiments/{training.experiment_id}/runs/{champion.run_id}/model-metrics",
         args.out / "mlflow-run-metrics.png",
-        headers=login,
+        headers=mlflow_ui_login(),
     )
     chromium_screenshot(
         f"{mlflow_url}/#/experiments/{training.experiment_id}/runs/{champion.run_id}"
         "/artifacts/plots/confusion_matrix.png",
         args.out / "mlflow-run-plots.png",
-        headers=login,
+        headers=mlflow_ui_login(),
     )
     with tempfile.TemporaryDirectory(prefix="catdog-screenshots-") as tmp:
         report = client.download_artifacts(evaluation.info.run_id, "drift_report.html", tmp)

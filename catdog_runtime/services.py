@@ -93,6 +93,15 @@ def settings() -> PlatformSettings:
         raise ServiceError(str(error)) from None
 
 
+def secrets_dir() -> Path:
+    return settings().secrets_dir or run_dir() / "secrets"
+
+
+def prefect_secret_file() -> Path:
+    """The secret of the Prefect API's auth string `catdog:<secret>` (scripts/env.sh)."""
+    return secrets_dir() / "prefect-api"
+
+
 def ports() -> PortSettings:
     try:
         return PortSettings.from_env()
@@ -519,6 +528,12 @@ def up() -> None:
         )
     if "prometheus" in platform:
         start_monitoring(platform)
+    # Where the credentials are, never what they are (README "Security").
+    log(f"secrets (owner-only files): {secrets_dir()}")
+    log(
+        f"Prefect UI http://127.0.0.1:{ports().prefect_port}: sign in with catdog:<the contents "
+        f"of {prefect_secret_file()}>  (copy it: echo catdog:$(cat {prefect_secret_file()}))"
+    )
 
 
 def down() -> None:
@@ -781,6 +796,7 @@ def render_prometheus_config(interval: str | None = None, rules: Path | None = N
         "rules": str(rules or MONITORING_DIR / "alerts.yml"),
         "service_targets": str(service_targets_file()),
         "prefect": f"127.0.0.1:{ports().prefect_port}",
+        "prefect_password_file": str(prefect_secret_file()),
         "pushgateway": f"127.0.0.1:{ports().pushgateway_port}",
     }
     text = string.Template((MONITORING_DIR / "prometheus.yml.in").read_text()).substitute(values)

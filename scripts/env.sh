@@ -52,6 +52,15 @@ catdog_secret() {  # NAME -> the secret's value; made (random, 32 characters) if
     fi
     cat "$file"
 }
+# --- Prefect API authentication (README "Security", "### Prefect") ---------------
+# The server asks every request for this basic-auth string ("user:password"); every
+# client (worker, flow runs, CLI, catdog_runtime) sends it. The UI's own origin is
+# the only one allowed cross-origin calls, and state-changing calls need a CSRF token
+# (Prefect's client and UI fetch one themselves; catdog_runtime.prefect_api too).
+export PREFECT_SERVER_API_AUTH_STRING=${PREFECT_SERVER_API_AUTH_STRING:-catdog:$(catdog_secret prefect-api)}
+export PREFECT_API_AUTH_STRING=${PREFECT_API_AUTH_STRING:-$PREFECT_SERVER_API_AUTH_STRING}
+export PREFECT_SERVER_CSRF_PROTECTION_ENABLED=${PREFECT_SERVER_CSRF_PROTECTION_ENABLED:-true}
+export PREFECT_SERVER_CORS_ALLOWED_ORIGINS=${PREFECT_SERVER_CORS_ALLOWED_ORIGINS:-http://127.0.0.1:$PREFECT_PORT}
 # --- MLflow: the basic-auth app (issue #21; README "Security" > "MLflow") ------
 # `make up` writes MLflow's auth config (owner-only, beside the secrets: it holds the
 # admin password); every client (flows, worker, scripts, tests) logs in as that admin.

@@ -69,7 +69,10 @@ def run_deployment(platform, name: str, params: dict, timeout: float = 1800, che
 
 def prefect_api(platform, method: str, path: str, **kwargs):
     """One call through the project's Prefect client (catdog_runtime.prefect_api)."""
-    api = PrefectAPI(platform["env"]["PREFECT_API_URL"], patience=60, timeout=60)
+    env = platform["env"]
+    api = PrefectAPI(
+        env["PREFECT_API_URL"], patience=60, timeout=60, auth=env["PREFECT_API_AUTH_STRING"]
+    )
     return api.call(method, path, **kwargs)
 
 

@@ -58,13 +58,14 @@ def loop(platform):
 
 
 def screenshot_loop(platform, folder: Path) -> None:
-    from catdog_runtime.screenshots import chromium_screenshot
+    from catdog_runtime.screenshots import chromium_screenshot, prefect_ui_login
 
     ui = platform["env"]["PREFECT_API_URL"].removesuffix("/api")
     folder.mkdir(parents=True, exist_ok=True)
     # The event feed and run list pages need clicks to show the catdog.* entries;
     # the automations page shows the whole loop as it stands.
-    chromium_screenshot(f"{ui}/automations", folder / "loop-automations.png")
+    login = prefect_ui_login(platform["env"]["PREFECT_API_AUTH_STRING"])
+    chromium_screenshot(f"{ui}/automations", folder / "loop-automations.png", local_storage=login)
 
 
 @pytest.fixture

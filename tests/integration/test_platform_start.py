@@ -37,8 +37,7 @@ def slow_bin(tmp_path):
 
 
 def test_up_waits_for_a_slow_server_and_ignores_a_stale_pid_file(tmp_path, slow_bin):
-    env = platform_env(tmp_path / "run", slow_bin)
-    (tmp_path / "run").mkdir()
+    env = platform_env(tmp_path / "run", slow_bin)  # makes the run dir (with its secrets)
     bystander = subprocess.Popen(["sleep", "600"])
     # A pid file left from another boot whose pid is now an unrelated program.
     (tmp_path / "run" / "mlflow.pid").write_text(f'{{"pid": {bystander.pid}, "argv": ["mlflow"]}}')

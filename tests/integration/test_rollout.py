@@ -174,29 +174,21 @@ def test_rollback_puts_the_previous_version_back(platform, balancer_env, live, c
 
 def test_a_killed_replica_costs_at_most_the_requests_it_held_and_is_restarted(live):
     """HAProxy retries only what is safe to retry (a refused connection, a 503): a
-    request the replica held when it died is answered 502, not replayed (it may be what
-    killed it). So each of the client's two connections may lose one request."""
-    from catdog_runtime import balancer, processes, services
-    from catdog_runtime.waits import http_ok
+    request the replica held when it died is not replayed (it may be what killed it).
+    So each of the client's two connections may lose one request."""
+    from bench.faults import kill_replica
+    from catdog_runtime import balancer
 
     replicas = balancer.load()
     assert len(replicas) == 2
-    victim = replicas[0]
-    pid = services.owned_pid(victim.service)
     with looping_client(live["url"]) as client:
         balancer.wait_for(lambda: len(client.records) > 20, "20 answers before the kill", 120)
-        # The whole replica: `bentoml serve` and its workers (in sessions of their own).
-        processes.kill_all(processes.descendants(pid))
         # The watchdog starts it again on the same port; HAProxy's check puts it back.
-        balancer.wait_for(
-            lambda: services.owned_pid(victim.service) not in (None, pid), "a restart", 120
-        )
-        balancer.wait_for(
-            lambda: http_ok(victim.service.health_url) and balancer.checked_up(victim.name),
-            "the restarted replica back in HAProxy",
-            900,
-        )
+        kill_replica(replicas[0])
     assert client.records, "the client sent nothing"
     lost = failures(client)
-    assert all(status == 502 for status, _ in lost) and len(lost) <= 2, lost
+    # A request held by the dead replica ends as HAProxy's 502 on a fresh connection, or
+    # as a closed keep-alive connection with no answer (httpx: RemoteProtocolError).
+    assert all(status in (502, "RemoteProtocolError") for status, _ in lost), lost
+    assert len(lost) <= 2, lost
     assert [r.port for r in balancer.load()] == [r.port for r in replicas]

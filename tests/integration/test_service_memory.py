@@ -6,18 +6,15 @@ answers a 5xx, and good requests keep being answered meanwhile."""
 from __future__ import annotations
 
 import asyncio
-import io
-import select
-import socket
 import threading
 import time
 from collections import Counter
 
 import httpx
-import psutil
 import pytest
-from PIL import Image
 
+from catdog_runtime.hostile import OVER_PIXEL_LIMIT, decompression_tricks, trickle
+from catdog_runtime.processes import RssSampler
 from tests.conftest import TEST_IMAGES
 from tests.integration.service_runner import save_to_store, serving
 
@@ -33,24 +30,9 @@ DECODE_BUDGET = 256 * MiB
 GROWTH_BOUND = DECODE_BUDGET + 96 * MiB
 
 
-def png(mode: str, side: int, color) -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, (side, side), color).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def hostile() -> dict[str, bytes]:
-    """Flat PNGs: 90-170 KB uploads that decode to 80-160 MB (6300x6300, over the
-    pixel limit) or 32-64 MB (4000x4000, just under it, so they do decode)."""
-    return {
-        "rgb-6300": png("RGB", 6300, (90, 120, 30)),
-        "rgba-6300": png("RGBA", 6300, (90, 120, 30, 100)),
-        "gray16-6300": png("I;16", 6300, 40000),
-        "rgb-4000": png("RGB", 4000, (90, 120, 30)),
-        "rgba-4000": png("RGBA", 4000, (90, 120, 30, 100)),
-        "gray16-4000": png("I;16", 4000, 40000),
-    }
+    return decompression_tricks()
 
 
 @pytest.fixture(scope="module")
@@ -65,47 +47,13 @@ def service(model_onnx, tmp_path_factory):
         yield running
 
 
-class RssSampler:
-    """Peak resident memory of every process under `pid`, sampled every 20 ms."""
-
-    def __init__(self, pid: int):
-        self.root = psutil.Process(pid)
-        self.peak: dict[int, int] = {}
-        self.baseline = self.sample()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> dict[int, int]:
-        now = {}
-        for process in [self.root, *self.root.children(recursive=True)]:
-            try:
-                now[process.pid] = process.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        for pid, rss in now.items():
-            self.peak[pid] = max(self.peak.get(pid, 0), rss)
-        return now
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def workers(self) -> dict[int, tuple[int, int]]:
-        """pid -> (baseline, peak) of the processes that hold a model (> 150 MiB)."""
-        return {
-            pid: (self.baseline.get(pid, 0), peak)
-            for pid, peak in self.peak.items()
-            if self.baseline.get(pid, 0) > 150 * MiB
-        }
+def workers(rss: RssSampler) -> dict[int, tuple[int, int]]:
+    """pid -> (baseline, peak) of the processes that hold a model (> 150 MiB)."""
+    return {
+        pid: (rss.baseline.get(pid, 0), peak)
+        for pid, peak in rss.peak.items()
+        if rss.baseline.get(pid, 0) > 150 * MiB
+    }
 
 
 async def good_requests(client: httpx.AsyncClient, url: str, stop: asyncio.Event) -> list:
@@ -147,58 +95,32 @@ def test_decompression_tricks_keep_every_worker_under_its_budget_with_no_5xx(ser
             stop.set()
             return answers, await good
 
-    with RssSampler(service.server.process.pid) as rss:
+    with RssSampler(lambda: [service.server.process.pid]) as rss:
         started = time.monotonic()
         answers, good = asyncio.run(burst())
         took = time.monotonic() - started
     by_kind = Counter((kind, r.status_code) for kind, r in zip(sent, answers, strict=True))
-    workers = rss.workers()
+    workers_rss = workers(rss)
     print(f"\n{CONCURRENT} hostile uploads in {took:.1f} s: {dict(sorted(by_kind.items()))}")
-    for pid, (baseline, peak) in workers.items():
+    for pid, (baseline, peak) in workers_rss.items():
         print(f"worker {pid}: RSS {baseline / MiB:.0f} -> peak {peak / MiB:.0f} MiB")
     print(
         f"good requests: {len(good)}, statuses {Counter(s for s, _ in good)}, "
         f"slowest {max(t for _, t in good):.2f} s"
     )
 
-    assert len(workers) == 2, rss.baseline
+    assert len(workers_rss) == 2, rss.baseline
     for kind, response in zip(sent, answers, strict=True):
-        if kind.endswith("6300"):  # over the pixel limit: refused from the header, as before
+        if kind.endswith(OVER_PIXEL_LIMIT):  # refused from the header, as before
             assert response.status_code == 413, response.text
             assert response.json()["error"] == "too_many_pixels"
         else:
             assert response.status_code == 200, response.text
-    for pid, (baseline, peak) in workers.items():
+    for pid, (baseline, peak) in workers_rss.items():
         assert peak < WORKER_RSS_LIMIT, f"worker {pid} peaked at {peak / MiB:.0f} MiB"
         assert peak - baseline < GROWTH_BOUND, f"worker {pid} grew {(peak - baseline) / MiB:.0f}"
     assert good and {status for status, _ in good} == {200}
     assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
-
-
-def trickle(url: str, declared: int, seconds: float) -> tuple[float, bytes]:
-    """A client that declares `declared` bytes of body and sends 1 KB a second."""
-    host, port = url.removeprefix("http://").split(":")
-    started = time.monotonic()
-    with socket.create_connection((host, int(port)), timeout=seconds + 30) as sock:
-        sock.sendall(
-            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-            b"boundary=b\r\nContent-Length: " + str(declared).encode() + b"\r\n\r\n"
-            b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
-        )
-        # Send 1 KB a second until the server answers, then read the answer. Reading
-        # first matters: data sent to a socket the server closed draws a reset,
-        # which discards an answer not yet read.
-        answer = b""
-        while time.monotonic() - started < seconds + 30:
-            readable, _, _ = select.select([sock], [], [], 1.0)
-            if not readable:
-                sock.sendall(b"x" * 1024)
-                continue
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-        return time.monotonic() - started, answer
 
 
 def test_a_trickling_upload_gets_a_408_while_good_requests_are_answered(model_onnx, tmp_path):

@@ -338,6 +338,27 @@ def test_mlflow_requires_a_login_and_the_jobs_log_in():
     assert job_env["MLFLOW_TRACKING_USERNAME"]["value"] == "admin"
 
 
+def test_prefect_auth_string_comes_from_the_secret_on_server_workers_and_jobs():
+    def container_env(deployment: str) -> dict[str, dict]:
+        (container,) = by_kind("Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e for e in container["env"]}
+
+    job_container = rendered_job()["spec"]["template"]["spec"]["containers"][0]
+    server = container_env("prefect-server")
+    wanted = {
+        "prefect-server": server["PREFECT_SERVER_API_AUTH_STRING"],
+        "prefect-worker": container_env("prefect-worker")["PREFECT_API_AUTH_STRING"],
+        "flow-run Job": {e["name"]: e for e in job_container["env"]}["PREFECT_API_AUTH_STRING"],
+    }
+    for where, entry in wanted.items():
+        assert "value" not in entry, f"{where}: the auth string as a literal"
+        ref = entry["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("catdog-prefect-auth", "auth-string"), where
+    assert "auth-string" in by_kind("Secret", "catdog-prefect-auth")["stringData"]
+    assert server["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"]["value"] == "true"
+    assert "*" not in server["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"]["value"]
+
+
 def test_gateway_terminates_tls_redirects_http_and_drops_the_source_header():
     listeners = {item["name"]: item for item in by_kind("Gateway", "catdog")["spec"]["listeners"]}
     https = listeners["https"]

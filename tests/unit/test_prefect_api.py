@@ -3,6 +3,8 @@ so when it cannot."""
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import pytest
 
@@ -15,6 +17,8 @@ def api_answering(*answers, patience: float = 60) -> tuple[PrefectAPI, list, lis
     seen, pending, pauses = [], list(answers), []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/csrf-token"):  # what a server with CSRF checks hands out
+            return httpx.Response(200, json={"token": "t-1", "expiration": "2999-01-01T00:00:00Z"})
         seen.append(request)
         answer = pending.pop(0) if len(pending) > 1 else pending[0]
         if isinstance(answer, type):
@@ -22,7 +26,8 @@ def api_answering(*answers, patience: float = 60) -> tuple[PrefectAPI, list, lis
         return httpx.Response(answer, json={"id": "run-1"} if answer < 400 else {"detail": "x"})
 
     api = PrefectAPI("http://prefect.test/api", patience=patience)
-    api.http = httpx.Client(base_url=api.url, transport=httpx.MockTransport(handler))
+    transport = httpx.MockTransport(handler)
+    api.http = httpx.Client(base_url=api.url, transport=transport, headers=api.http.headers)
     api.sleep = pauses.append
     return api, seen, pauses
 
@@ -53,3 +58,15 @@ def test_a_missing_deployment_says_how_to_register_it():
     api, _, _ = api_answering(404)
     with pytest.raises(PrefectAPIError, match="make deploy"):
         api.call("GET", "/deployments/name/train/nope")
+
+
+def test_calls_carry_the_auth_string_and_changes_a_csrf_token(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "catdog:s3cret")
+    api, seen, _ = api_answering(200)
+    api.call("GET", "/flow_runs/x")
+    api.call("POST", "/flow_runs/filter", json={})
+    expected = "Basic " + base64.b64encode(b"catdog:s3cret").decode()
+    assert [r.headers.get("Authorization") for r in seen] == [expected, expected]
+    assert "Prefect-Csrf-Token" not in seen[0].headers
+    assert seen[1].headers["Prefect-Csrf-Token"] == "t-1"
+    assert seen[1].headers["Prefect-Csrf-Client"] == api.csrf_client
