@@ -12,6 +12,7 @@ import onnx
 import psutil
 import pytest
 
+from catdog_runtime.processes import command_line
 from tests.integration.conftest import run_deployment
 
 REGISTRY_SEARCH = "/api/2.0/mlflow/registered-models/search"
@@ -152,13 +153,15 @@ def test_package_refuses_a_model_file_changed_in_the_artifact_store(platform, tr
     assert "make train" in message
 
 
-def platform_processes(run_dir: Path) -> list[psutil.Process]:
-    """Every process of the platform (pid files under the run dir) and its descendants."""
-    found = []
+def platform_argvs(run_dir: Path) -> dict[int, list[str]]:
+    """pid -> argv of every process of the platform (pid files under the run dir) and
+    their descendants (a zombie, such as a finished flow run, has none left)."""
+    found = {}
     for pid_file in run_dir.glob("*.pid"):
         try:
             process = psutil.Process(json.loads(pid_file.read_text())["pid"])
-            found += [process, *process.children(recursive=True)]
+            for member in (process, *process.children(recursive=True)):
+                found[member.pid] = command_line(member.pid) or []
         except psutil.NoSuchProcess:
             continue  # a replica stopped by another test
     return found
@@ -172,12 +175,11 @@ def test_no_secret_in_any_argv_pid_file_or_log(platform, mlflow):
         "CSRF signing key": env["MLFLOW_FLASK_SERVER_SECRET_KEY"],
         "backend-store URI": backend_uri,
     }
-    processes = platform_processes(run_dir)
-    names = [" ".join(p.cmdline()[:3]) for p in processes]
+    argvs = platform_argvs(run_dir)
+    names = [" ".join(argv[:3]) for argv in argvs.values()]
     assert any("mlflow" in name and "server" in name for name in names), names
     texts = {
-        f"argv of pid {p.pid} ({' '.join(p.cmdline()[:3])})": " ".join(p.cmdline())
-        for p in processes
+        f"argv of pid {pid} ({' '.join(argv[:3])})": " ".join(argv) for pid, argv in argvs.items()
     }
     files = [*run_dir.glob("*.pid"), *run_dir.glob("logs/*.log")]
     assert any(f.suffix == ".log" for f in files)
