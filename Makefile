@@ -141,6 +141,7 @@ urls:  ## where everything is, and how to stop it
 	echo "  Prefect UI     http://127.0.0.1:$$PREFECT_PORT   (flow runs; evaluate/scheduled runs every 15 min)"; \
 	echo "                 sign in with catdog:<contents of $$CATDOG_SECRETS_DIR/prefect-api>"; \
 	echo "  MLflow UI      http://127.0.0.1:$$MLFLOW_PORT   (experiments catdog-training, catdog-monitoring)"; \
+	echo "                 log in as $$MLFLOW_TRACKING_USERNAME, password: cat $$CATDOG_SECRETS_DIR/mlflow-admin-password"; \
 	echo "  Service docs   http://127.0.0.1:$$BENTO_PORT    (curl -F image=@test_images/cat/cat.5000.jpg http://127.0.0.1:$$BENTO_PORT/classify)"; \
 	if [ "$$CATDOG_PROFILE" = scale ]; then \
 	echo "  Prometheus     http://127.0.0.1:$$PROMETHEUS_PORT/alerts   (alerts of monitoring/alerts.yml; user catdog, password in $$CATDOG_SECRETS_DIR/monitoring)"; \

@@ -57,6 +57,7 @@ def build_candidate(
     from mlflow import MlflowClient
 
     from model_lib.onnx_model import OnnxClassifier
+    from model_lib.tracking import file_sha256, record_sha256
 
     client = MlflowClient()
     base = client.get_model_version(model_name, base_version)
@@ -95,6 +96,14 @@ def build_candidate(
     client.set_model_version_tag(model_name, created.version, "bentoml_model", model_tag)
     bento_tag = packaging.build_bento(PROJECT_ROOT)
     client.set_model_version_tag(model_name, created.version, "bento_tag", bento_tag)
+    # As training does: `package` ships a version only with its file's recorded sha256.
+    record_sha256(
+        client,
+        model_name,
+        created.version,
+        run.info.run_id,
+        {"float32": file_sha256(folder / "model.onnx")},
+    )
     return str(created.version), bento_tag
 
 

@@ -133,9 +133,11 @@ def chromium_screenshot(
     width: int = 1400,
     height: int = 900,
     local_storage: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """A PNG of `url` once it has drawn; `local_storage` is set in the page's origin
-    before any of its scripts run (how the Prefect UI finds its credentials)."""
+    before any of its scripts run (how the Prefect UI finds its credentials), `headers`
+    go with every request the page makes (MLflow's basic-auth login)."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         raise SystemExit("chromium not found: apt-get install -y chromium")
@@ -148,6 +150,9 @@ def chromium_screenshot(
                 "sessionId"
             ]
             browser.send("Page.enable", session)
+            if headers:
+                browser.send("Network.enable", session)
+                browser.send("Network.setExtraHTTPHeaders", session, headers=headers)
             if local_storage:
                 # about:blank has no storage of its own: only the page's origin is written.
                 script = (
@@ -176,6 +181,12 @@ def prefect_ui_login(auth: str | None = None) -> dict[str, str]:
     if not auth:
         return {}
     return {PREFECT_UI_AUTH_KEY: base64.b64encode(auth.encode()).decode()}
+
+
+def mlflow_ui_login() -> dict[str, str]:
+    """The MLflow UI's HTTP basic login as the platform's clients log in (scripts/env.sh)."""
+    user, password = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def main() -> None:
@@ -222,11 +233,13 @@ def main() -> None:
     chromium_screenshot(
         f"{mlflow_url}/#/experiments/{training.experiment_id}/runs/{champion.run_id}/model-metrics",
         args.out / "mlflow-run-metrics.png",
+        headers=mlflow_ui_login(),
     )
     chromium_screenshot(
         f"{mlflow_url}/#/experiments/{training.experiment_id}/runs/{champion.run_id}"
         "/artifacts/plots/confusion_matrix.png",
         args.out / "mlflow-run-plots.png",
+        headers=mlflow_ui_login(),
     )
     with tempfile.TemporaryDirectory(prefix="catdog-screenshots-") as tmp:
         report = client.download_artifacts(evaluation.info.run_id, "drift_report.html", tmp)

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import httpx
+
 from catdog_runtime import postgres, prefect_api
 from catdog_runtime.processes import (
     ROOT,
@@ -298,8 +300,10 @@ def services(profile: str | None = None) -> dict[str, Service]:
                 "127.0.0.1",
                 "--port",
                 str(mlflow_port),
-                "--backend-store-uri",
-                f"sqlite:///{mlflow_dir}/mlflow.db",
+                # Users, passwords and permissions ($MLFLOW_AUTH_CONFIG_PATH, written by
+                # write_mlflow_auth_config); every request but /health must log in.
+                "--app-name",
+                "basic-auth",
                 "--artifacts-destination",
                 str(mlflow_dir / "artifacts"),
                 # uvicorn's supervisor kills a worker that is slow to import mlflow;
@@ -309,6 +313,9 @@ def services(profile: str | None = None) -> dict[str, Service]:
             ],
             port=mlflow_port,
             health_url=f"http://127.0.0.1:{mlflow_port}/health",
+            # From the environment, not argv: the scale profile's URI holds a password,
+            # and argv is world-readable (/proc/<pid>/cmdline) and kept in the pid file.
+            env={"MLFLOW_BACKEND_STORE_URI": f"sqlite:///{mlflow_dir}/mlflow.db"},
         ),
         "prefect-server": Service(
             "prefect-server",
@@ -431,6 +438,89 @@ def worker_online(pool: str, name: str) -> bool:
         return False
 
 
+# ------------------------------------------------------------------ MLflow's basic-auth app
+MLFLOW_ADMIN_PASSWORD_FILE = "mlflow-admin-password"  # in $CATDOG_SECRETS_DIR (scripts/env.sh)
+# A call only a logged-in user with rights on the registry gets an answer to.
+MLFLOW_AUTH_PROBE = "/api/2.0/mlflow/registered-models/search?max_results=1"
+
+
+def mlflow_auth_db() -> Path:
+    return run_dir() / "mlflow" / "basic_auth.db"
+
+
+def mlflow_credentials() -> tuple[str, str]:
+    """The platform's own MLflow user (the auth app's admin), from scripts/env.sh."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not user or not password:
+        raise ServiceError(
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD are not set: "
+            "run this through make (scripts/env.sh makes the password on first use)"
+        )
+    return user, password
+
+
+def write_mlflow_auth_config() -> Path:
+    """The file $MLFLOW_AUTH_CONFIG_PATH names: nobody but the admin (the platform's own
+    user) may read or change anything. It holds the admin password, so it is owner-only
+    and lives with the other secrets. MLflow creates the admin from it when its user
+    database (under the run dir) is new."""
+    configured = os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
+    if not configured:
+        raise ServiceError("MLFLOW_AUTH_CONFIG_PATH is not set: run this through make")
+    user, password = mlflow_credentials()
+    mlflow_auth_db().parent.mkdir(parents=True, exist_ok=True)
+
+    def value(text: str) -> str:  # MLflow's configparser expands `%`
+        return text.replace("%", "%%")
+
+    path = Path(configured)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    atomic_write_text(
+        path,
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{value(str(mlflow_auth_db()))}\n"
+        f"admin_username = {value(user)}\n"
+        f"admin_password = {value(password)}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
+    return path
+
+
+def check_mlflow_login(service: Service) -> None:
+    """The platform's clients get in with their credentials, and nobody gets in without.
+
+    The admin password counts only when MLflow's user database is created: a database
+    kept from an earlier password (its secret file deleted since) refuses every client.
+    """
+    url = f"http://127.0.0.1:{service.port}{MLFLOW_AUTH_PROBE}"
+    anonymous = httpx.get(url, timeout=30).status_code
+    logged_in = httpx.get(url, auth=mlflow_credentials(), timeout=30).status_code
+    if anonymous not in (401, 403):
+        raise ServiceError(
+            f"MLflow answers {anonymous} to a request without credentials: it is not running "
+            f"the basic-auth app (see {service.log_file})"
+        )
+    if logged_in != 200:
+        raise ServiceError(
+            f"MLflow refuses the platform's own credentials ({logged_in}): its user database "
+            f"{mlflow_auth_db()} was made with another admin password than the one in "
+            f"{mlflow_password_file()}. Put the old password back in that file, "
+            f"or `make down`, delete {mlflow_auth_db()} (its users) and `make up` again."
+        )
+    # Where the password is, never the password: this output ends up in logs.
+    log(
+        f"MLflow UI http://127.0.0.1:{service.port}: log in as {mlflow_credentials()[0]!r} "
+        f"with the password in {mlflow_password_file()} (owner-only; `cat` it)"
+    )
+
+
+def mlflow_password_file() -> Path:
+    secrets = os.environ.get("CATDOG_SECRETS_DIR") or run_dir() / "secrets"
+    return Path(secrets) / MLFLOW_ADMIN_PASSWORD_FILE
+
+
 def up() -> None:
     platform = services()
     for service in platform.values():  # every port first: fail before starting anything
@@ -438,10 +528,12 @@ def up() -> None:
             check_port_free(service)
     if "postgres" in platform:
         start_postgres(platform["postgres"])  # the servers' database comes first
+    write_mlflow_auth_config()
     for name in ("mlflow", "prefect-server"):
         start(platform[name])  # both start at once; their cold starts overlap
     for name in ("prefect-server", "mlflow"):
         wait_healthy(platform[name])
+    check_mlflow_login(platform["mlflow"])
     for worker in (s for s in platform.values() if s.name.startswith("worker")):
         start(worker)
         argv = json.loads(worker.pid_file.read_text())["argv"]  # the running worker's own
@@ -556,15 +648,16 @@ def scale_services(base: dict[str, Service]) -> dict[str, Service]:
     prometheus_port, pushgateway_port = ports().prometheus_port, ports().pushgateway_port
     mlflow = base["mlflow"]
     argv = list(mlflow.argv)
-    store = argv.index("--backend-store-uri") + 1
-    argv[store] = settings().mlflow_backend_uri or argv[store]
+    backend = settings().mlflow_backend_uri or mlflow.env["MLFLOW_BACKEND_STORE_URI"]
     # Clients upload and download artifacts through the server: workers on
     # other hosts need no shared folder (and no object-store credentials).
     # (No --expose-prometheus: it needs prometheus-flask-exporter, a Flask-era
     # add-on; Prometheus watches MLflow through the flows' own alerts instead.)
     argv.append("--serve-artifacts")
     added = {
-        "mlflow": replace(mlflow, argv=argv),
+        "mlflow": replace(
+            mlflow, argv=argv, env={**mlflow.env, "MLFLOW_BACKEND_STORE_URI": backend}
+        ),
         "postgres": postgres_service(pg_port),
         "prometheus": Service(
             "prometheus",

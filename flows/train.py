@@ -39,7 +39,13 @@ from model_lib.quantize import (
     int8_acceptable,
     quantize_int8,
 )
-from model_lib.tracking import ensure_tracking_server, git_commit, log_models, register_and_gate
+from model_lib.tracking import (
+    ensure_tracking_server,
+    file_sha256,
+    git_commit,
+    log_models,
+    register_and_gate,
+)
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second")
 # The error grid shows the first this many wrongly answered test photos.
@@ -198,14 +204,14 @@ def log_results(result: pipeline.TrainResult, out_dir: Path, run_id: str):
         mlflow.log_metric("onnx_max_abs_diff", parity)
         log_assessment(assessment, result, step=len(result.history))
         mlflow.log_figure(loss_curve(result.history), "plots/loss_curve.png")
-        model_uri = log_models(result, onnx_path, result.data.val_inputs[:1])
+        model_uri, onnx_sha256 = log_models(result, onnx_path, result.data.val_inputs[:1])
     get_run_logger().info(
         "float32: val accuracy %.4f, test accuracy %.4f (%s)",
         assessment.val.metrics["accuracy"],
         assessment.test.metrics["accuracy"],
         _neither_summary(assessment),
     )
-    return model_uri, assessment
+    return model_uri, onnx_sha256, assessment
 
 
 def _neither_summary(assessment: Assessment) -> str:
@@ -221,8 +227,8 @@ def _neither_summary(assessment: Assessment) -> str:
 @task(cache_policy=NO_CACHE)
 def quantize(result: pipeline.TrainResult, fp32: Assessment, out_dir: Path, run_id: str):
     """An INT8 copy of the exported model with its own decision rule, logged only if it
-    keeps its validation figures (`package` ships it when present). Returns whether
-    it was logged."""
+    keeps its validation figures (`package` ships it when present). Returns its sha256
+    if it was logged, else None."""
     int8_path = out_dir / INT8_ARTIFACT_PATH
     quantize_int8(
         out_dir / "model.onnx",
@@ -249,12 +255,18 @@ def quantize(result: pipeline.TrainResult, fp32: Assessment, out_dir: Path, run_
         else "not logged (it loses more on validation than INT8_TOLERANCE allows): "
         "float32 will be served",
     )
-    return acceptable
+    return file_sha256(int8_path) if acceptable else None
 
 
 @task(cache_policy=NO_CACHE)
 def register(
-    model_uri: str, config: TrainConfig, result, assessment: Assessment, val_items, run_id: str
+    model_uri: str,
+    config: TrainConfig,
+    result,
+    assessment: Assessment,
+    val_items,
+    run_id: str,
+    sha256: dict[str, str],
 ):
     truth = np.asarray(result.outputs)[assessment.val.labels]
     answers = np.asarray(result.outputs)[assessment.val.answers]
@@ -267,6 +279,7 @@ def register(
             truth,
             answers,
             run_id,
+            sha256,
         )
     get_run_logger().info(
         "registered %s v%s: %s", config.registered_model_name, version, decision.reason
@@ -317,10 +330,12 @@ def train(config: TrainConfig = TrainConfig()) -> dict:  # noqa: B008 - Prefect 
         )
         run_id = start_run(config, dataset, report_path, work_dir)
         result = train_model(config, dataset, run_id)
-        model_uri, assessment = log_results(result, work_dir, run_id)
-        quantize(result, assessment, work_dir, run_id)
+        model_uri, onnx_sha256, assessment = log_results(result, work_dir, run_id)
+        int8_sha256 = quantize(result, assessment, work_dir, run_id)
+        # Packaging ships a file only if its hash is the one recorded here.
+        sha256 = {"float32": onnx_sha256, **({"int8": int8_sha256} if int8_sha256 else {})}
         version, decision = register(
-            model_uri, config, result, assessment, dataset.val_items, run_id
+            model_uri, config, result, assessment, dataset.val_items, run_id, sha256
         )
     emit_model_events(config, version, decision, run_id)
 

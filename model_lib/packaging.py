@@ -20,7 +20,7 @@ from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
 from model_lib.image_stats import REFERENCE_STATS_FILE
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.quantize import INT8_ARTIFACT_PATH
-from model_lib.tracking import version_by_alias
+from model_lib.tracking import verify_sha256, version_by_alias
 
 
 class NotAChampion(RuntimeError):
@@ -48,6 +48,8 @@ def resolve_champion(
     `version`, when given, must be the champion: packaging anything else is refused.
     With precision "int8" the run's INT8 model is taken when training logged one
     (it does when it keeps the validation accuracy), the float32 model otherwise.
+    A file whose sha256 is not the one training recorded is refused
+    (tracking.ModelIntegrityError).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -78,6 +80,8 @@ def resolve_champion(
         shutil.move(int8, download_to / "model.onnx")
     else:
         precision = "float32"
+    # Only the very file training registered is shipped (ModelIntegrityError otherwise).
+    verify_sha256(client, champion, precision, download_to / "model.onnx")
     return Champion(
         model_name,
         str(champion.version),

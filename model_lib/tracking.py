@@ -5,6 +5,7 @@ Nothing here runs at import time; `tracking_uri()` is read when a flow starts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 
@@ -26,6 +27,61 @@ from model_lib.settings import PortSettings
 
 class ServiceUnavailable(RuntimeError):
     """A server the flow needs is down; the message says how to start it."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model file is not the one training registered; the message says what to do."""
+
+
+# The sha256 of each ONNX file a training run logs, by precision, under these keys: a tag
+# on the model version (shown in the registry) and a param of its run (MLflow refuses to
+# change a logged param). Packaging ships a downloaded file only if its hash is both.
+SHA256_KEYS = {"float32": "onnx_sha256", "int8": "onnx_int8_sha256"}
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_sha256(client, model_name: str, version: str, run_id: str, hashes: dict) -> None:
+    """Record `hashes` ({precision: sha256}) for model version `version` of run `run_id`."""
+    for precision, digest in hashes.items():
+        client.log_param(run_id, SHA256_KEYS[precision], digest)
+        client.set_model_version_tag(model_name, version, SHA256_KEYS[precision], digest)
+
+
+def verify_sha256(client, model_version, precision: str, path) -> str:
+    """The sha256 of the file at `path` if it is the `precision` file training recorded
+    for `model_version` (a ModelVersion); ModelIntegrityError otherwise."""
+    key = SHA256_KEYS[precision]
+    name, number = model_version.name, model_version.version
+    tagged = model_version.tags.get(key)
+    logged = client.get_run(model_version.run_id).data.params.get(key)
+    if not tagged or tagged != logged:
+        raise ModelIntegrityError(
+            f"{name} v{number}: no sha256 of its {precision} ONNX file that the version's tag "
+            f"{key!r} and its run's param agree on (tag {tagged!r}, param {logged!r}), so the "
+            "download cannot be checked and is not shipped. Versions registered before hashes "
+            "were recorded have none: train again (`make train`), which records it."
+        )
+    actual = file_sha256(path)
+    if actual != tagged:
+        raise ModelIntegrityError(
+            f"{name} v{number}: the {precision} ONNX file downloaded from MLflow has sha256 "
+            f"{actual}, but training recorded {tagged}: the file in the artifact store was "
+            "changed after registration. It is not shipped. Find out who changed the "
+            f"artifacts of run {model_version.run_id}, then train again (`make train`) to "
+            "register a version you trust."
+        )
+    return actual
 
 
 def tracking_uri() -> str:
@@ -143,11 +199,12 @@ def gate_inputs(truth: np.ndarray, answers: np.ndarray) -> tuple[np.ndarray, dic
     return answers == truth, guards
 
 
-def log_models(result, onnx_path, example_input: np.ndarray) -> str:
+def log_models(result, onnx_path, example_input: np.ndarray) -> tuple[str, str]:
     """Log the PyTorch and ONNX models of a TrainResult to the active run.
 
-    Returns the ONNX model's URI, the one that gets registered: it is what
-    the service runs, and it carries its preprocessing.
+    Returns the ONNX model's URI, the one that gets registered (it is what
+    the service runs, and it carries its preprocessing), and the sha256 of the
+    model.onnx file it holds.
     """
     probs = OnnxClassifier(onnx_path).predict_proba(example_input)
     signature = infer_signature(example_input, probs)
@@ -159,8 +216,11 @@ def log_models(result, onnx_path, example_input: np.ndarray) -> str:
         input_example=example_input,
         metadata=metadata,
     )
+    model = onnx.load(str(onnx_path))
+    # MLflow writes this proto's serialization (onnx.save_model): hash those bytes.
+    digest = sha256_hex(model.SerializeToString())
     info = mlflow.onnx.log_model(
-        onnx.load(str(onnx_path)),
+        model,
         name="onnx_model",
         signature=signature,
         input_example=example_input,
@@ -168,13 +228,21 @@ def log_models(result, onnx_path, example_input: np.ndarray) -> str:
         onnx_execution_providers=["CPUExecutionProvider"],
         save_as_external_data=False,  # one self-contained model.onnx, as packaged for serving
     )
-    return info.model_uri
+    return info.model_uri, digest
 
 
 def register_and_gate(
-    model_uri: str, model_name: str, val_accuracy: float, val_items, truth, answers, run_id
+    model_uri: str,
+    model_name: str,
+    val_accuracy: float,
+    val_items,
+    truth,
+    answers,
+    run_id,
+    sha256: dict[str, str],
 ):
-    """Register a version; move the champion alias only if the paired gate says it is
+    """Register a version with the sha256 of its ONNX files (`sha256`: {precision: hash},
+    record_sha256); move the champion alias only if the paired gate says it is
     better (model_lib.promotion). `truth`, `answers`: the true and the answered label
     (names) of each of `val_items`."""
     client = MlflowClient()
@@ -199,6 +267,8 @@ def register_and_gate(
         "promotion_method": decision.method,
     }.items():
         client.set_model_version_tag(model_name, version.version, key, value)
+    # Before the alias moves: a champion always has its hashes.
+    record_sha256(client, model_name, version.version, run_id, sha256)
     if decision.promoted:
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
     mlflow.log_dict(decision.to_dict() | {"version": version.version}, "promotion_decision.json")

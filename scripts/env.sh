@@ -78,6 +78,14 @@ if [ "$CATDOG_PROFILE" = scale ]; then
     # User `catdog` on Prometheus and the Pushgateway (their web configs hold its bcrypt hash).
     export CATDOG_MONITORING_PASSWORD=${CATDOG_MONITORING_PASSWORD:-$(catdog_secret monitoring)}
 fi
+# --- MLflow: the basic-auth app (issue #21; README "Security" > "MLflow") ------
+# `make up` writes MLflow's auth config (owner-only, beside the secrets: it holds the
+# admin password); every client (flows, worker, scripts, tests) logs in as that admin.
+export MLFLOW_TRACKING_USERNAME=${MLFLOW_TRACKING_USERNAME:-admin}
+export MLFLOW_TRACKING_PASSWORD=${MLFLOW_TRACKING_PASSWORD:-$(catdog_secret mlflow-admin-password)}
+export MLFLOW_AUTH_CONFIG_PATH=${MLFLOW_AUTH_CONFIG_PATH:-$CATDOG_SECRETS_DIR/mlflow-auth.ini}
+# Signs the auth app's CSRF tokens (its sign-up page); the same across MLflow's workers.
+export MLFLOW_FLASK_SERVER_SECRET_KEY=${MLFLOW_FLASK_SERVER_SECRET_KEY:-$(catdog_secret mlflow-flask-secret-key)}
 export CATDOG_INFERENCE_LOG=${CATDOG_INFERENCE_LOG:-$CATDOG_RUN_DIR/inference_log.sqlite}
 export CATDOG_WORK_POOL=${CATDOG_WORK_POOL:-local}
 # How long `make up` / `make serve` wait for a service to become healthy: cold starts

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from catdog_runtime.prefect_api import PrefectAPI
 from catdog_runtime.processes import BIN, Server, free_port, run
 from catdog_runtime.waits import poll
-from tests.integration.platform import platform_env, services_cli
+from tests.integration.platform import log_into_mlflow, platform_env, services_cli
 from tests.integration.service_runner import train_temporary_model
 
 
@@ -37,7 +37,9 @@ def platform(tmp_path_factory, real_data):
         assert started.returncode == 0, f"make up failed:\n{started.stdout}\n{started.stderr}"
         run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
         pause_schedules({"env": env}, "evaluate/scheduled")
-        yield {"env": env, "state": state, "mlflow_uri": env["MLFLOW_TRACKING_URI"]}
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            log_into_mlflow(monkeypatch, env)  # the tests' own MlflowClient calls
+            yield {"env": env, "state": state, "mlflow_uri": env["MLFLOW_TRACKING_URI"]}
     finally:
         services_cli(env, "down", timeout=300)
 

@@ -77,3 +77,13 @@ def scale_platform_up(**settings: str) -> Iterator[dict]:
         stopped = services_cli(env, "down")
         print(stopped.stdout, stopped.stderr)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def log_into_mlflow(monkeypatch, env: dict) -> None:
+    """This process's MLflow clients (MlflowClient, mlflow.*) log in as the platform of
+    `env` does: MLflow reads the credentials from the environment at each request."""
+    for name in MLFLOW_CREDENTIALS:
+        monkeypatch.setenv(name, env[name])

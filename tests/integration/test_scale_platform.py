@@ -23,7 +23,7 @@ from model_lib.monitoring import inference_frame
 from model_lib.traffic import send_traffic
 from tests.conftest import TEST_IMAGES
 from tests.integration.conftest import SMALL_TRAINING, pause_schedules, prefect_api, run_deployment
-from tests.integration.platform import scale_platform_up, services_cli
+from tests.integration.platform import log_into_mlflow, scale_platform_up, services_cli
 from tests.integration.test_auth_scale import open_to_others, secret_leaks
 
 TRAFFIC = 48
@@ -64,7 +64,7 @@ def wait_final(platform, run_ids: list[str]) -> list[dict]:
     return runs
 
 
-def test_key_path_on_postgresql_through_two_workers(scale_platform):
+def test_key_path_on_postgresql_through_two_workers(scale_platform, monkeypatch):
     platform, env = scale_platform, scale_platform["env"]
     assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
     status = services_cli(env, "status").stdout
@@ -108,6 +108,7 @@ def test_key_path_on_postgresql_through_two_workers(scale_platform):
     # The evaluation read the logged window from PostgreSQL and pushed its figures.
     from mlflow import MlflowClient
 
+    log_into_mlflow(monkeypatch, env)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("catdog-monitoring")
     monitoring_runs = client.search_runs([experiment.experiment_id])

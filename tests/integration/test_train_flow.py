@@ -118,6 +118,33 @@ def test_first_version_is_champion(first_run):
     assert "first registered model becomes champion" in version.tags["promotion_reason"]
 
 
+def test_registration_records_the_sha256_of_each_onnx_file(
+    first_run, platform, tmp_path, monkeypatch
+):
+    """What `package` checks its download against (model_lib.tracking.verify_sha256)."""
+    import mlflow
+
+    from model_lib.quantize import INT8_ARTIFACT_PATH
+    from model_lib.tracking import SHA256_KEYS, file_sha256
+
+    client, run = first_run
+    (version,) = client.search_model_versions(f"run_id='{run.info.run_id}'")
+    # The registry (models:/) and the artifacts of the platform's server, as the flows see it.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", platform["mlflow_uri"])
+    folder = mlflow.artifacts.download_artifacts(
+        f"models:/{version.name}/{version.version}", dst_path=str(tmp_path / "model")
+    )
+    files = {"float32": f"{folder}/model.onnx"}
+    if run.data.tags["served_precision"] == "int8":
+        files["int8"] = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path=INT8_ARTIFACT_PATH, dst_path=str(tmp_path)
+        )
+    assert {k for k in version.tags if k.endswith("sha256")} == {SHA256_KEYS[p] for p in files}
+    for precision, path in files.items():
+        key = SHA256_KEYS[precision]
+        assert version.tags[key] == run.data.params[key] == file_sha256(path)
+
+
 def test_worse_model_does_not_take_the_champion_alias(first_run, platform):
     client, first = first_run
     before = client.get_model_version_by_alias("catdog-classifier", "champion")

@@ -15,7 +15,7 @@ from model_lib.packaging import resolve_champion
 from model_lib.pipeline import export
 from model_lib.preprocess import decode_image
 from model_lib.quantize import INT8_ARTIFACT_PATH, calibration_inputs, quantize_int8
-from model_lib.tracking import champion_answers_on
+from model_lib.tracking import champion_answers_on, file_sha256, record_sha256, sha256_hex
 from tests.model.conftest import tiny_training
 
 
@@ -33,12 +33,15 @@ def register_champion(experiment_id: str, run, onnx_path, int8_path=None) -> str
         mlflow.log_artifact(
             str(write_reference_statistics(paths, onnx_path.parent / REFERENCE_STATS_FILE))
         )
-        info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_path)), name="onnx_model", save_as_external_data=False
-        )
+        model = onnx.load(str(onnx_path))
+        # The hash training records (log_models): packaging checks the stored file against it.
+        hashes = {"float32": sha256_hex(model.SerializeToString())}
+        info = mlflow.onnx.log_model(model, name="onnx_model", save_as_external_data=False)
         if int8_path is not None:
             mlflow.log_artifact(str(int8_path), "int8")
+            hashes["int8"] = file_sha256(int8_path)
     version = str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
+    record_sha256(MlflowClient(), MODEL_NAME, version, info.run_id, hashes)
     MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, version)
     return version
 

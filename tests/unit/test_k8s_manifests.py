@@ -312,6 +312,32 @@ def test_mlflow_reads_its_database_url_from_the_environment_and_checks_hosts():
     assert "*" not in hosts
 
 
+def test_mlflow_requires_a_login_and_the_jobs_log_in():
+    pod = by_kind("Deployment", "mlflow")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--app-name=basic-auth" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    admin = env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert (
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"]
+        == (admin["name"])
+    )
+    # The auth config (its database URL holds a password) comes from that Secret, read-only.
+    config = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    (mount,) = [m for m in container["volumeMounts"] if config.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == admin["name"]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
+    # No secret in argv: every value above is a reference, none is spelt out.
+    assert not any("password" in a.lower() or "secret" in a.lower() for a in container["args"])
+    job_env = {
+        e["name"]: e for e in rendered_job()["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert job_env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == admin
+    assert job_env["MLFLOW_TRACKING_USERNAME"]["value"] == "admin"
+
+
 def test_prefect_auth_string_comes_from_the_secret_on_server_workers_and_jobs():
     def container_env(deployment: str) -> dict[str, dict]:
         (container,) = by_kind("Deployment", deployment)["spec"]["template"]["spec"]["containers"]

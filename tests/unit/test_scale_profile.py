@@ -32,9 +32,9 @@ def env(tmp_path, monkeypatch):
 def test_default_profile_is_unchanged(env):
     platform = services.services()
     assert list(platform) == ["mlflow", "prefect-server", "worker", "haproxy", "watchdog"]
-    argv = platform["mlflow"].argv
-    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{env}/mlflow/mlflow.db"
-    assert "--serve-artifacts" not in argv
+    mlflow = platform["mlflow"]
+    assert mlflow.env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{env}/mlflow/mlflow.db"
+    assert "--serve-artifacts" not in mlflow.argv
 
 
 def test_scale_profile_adds_postgres_two_workers_and_monitoring(env, monkeypatch):
@@ -51,9 +51,11 @@ def test_scale_profile_adds_postgres_two_workers_and_monitoring(env, monkeypatch
         "prometheus",
         "pushgateway",
     }
-    mlflow = platform["mlflow"].argv
-    assert mlflow[mlflow.index("--backend-store-uri") + 1].startswith("postgresql+psycopg://")
-    assert "--serve-artifacts" in mlflow
+    mlflow = platform["mlflow"]
+    # The URI (a password, off this machine) reaches MLflow through its environment only.
+    assert mlflow.env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://")
+    assert not any("postgresql" in part for part in mlflow.argv)
+    assert "--serve-artifacts" in mlflow.argv and "basic-auth" in mlflow.argv
     names = [w.argv[w.argv.index("--name") + 1] for w in (platform["worker"], platform["worker-2"])]
     assert names[1] == f"{names[0]}-2"  # one pool, two distinct workers
     assert platform["worker"].argv[-2:] == platform["worker-2"].argv[-2:] == ["--limit", "1"]
