@@ -46,7 +46,7 @@ def monitoring(tmp_path, monkeypatch):
     services.write_web_configs()
     platform = services.scale_services(
         {
-            "mlflow": services.Service("mlflow", ["mlflow", "--backend-store-uri", "x"]),
+            "mlflow": services.Service("mlflow", ["mlflow"], env={"MLFLOW_BACKEND_STORE_URI": "x"}),
             "worker": services.Service("worker", ["prefect", "--name", "w"]),
         }
     )
