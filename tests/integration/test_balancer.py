@@ -162,7 +162,9 @@ def test_a_replica_killed_mid_load_costs_at_most_the_requests_it_held(lb):
         for thread in threads:
             thread.join(60)
     lost = sum(count for status, count in seen.items() if status != 200)
-    assert set(seen) <= {200, 502} and lost <= clients, seen
+    # A request held by the dead replica ends as HAProxy's 502 on a fresh connection, or
+    # as a closed keep-alive connection with no answer (httpx: RemoteProtocolError).
+    assert set(seen) <= {200, 502, "RemoteProtocolError"} and lost <= clients, seen
 
 
 def test_the_public_frontend_drops_x_catdog_source_and_the_platforms_keeps_it(lb):
