@@ -21,7 +21,7 @@ import uuid
 from datetime import UTC, datetime
 
 from catdog_runtime.prefect_api import PrefectAPI, PrefectAPIError, ui_url
-from catdog_runtime.waits import poll
+from catdog_runtime.waits import WaitTimeout, poll, wait_until
 from model_lib.settings import PlatformSettings
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -65,6 +65,28 @@ def tail_logs(api: PrefectAPI, run_id: str, after: str | None) -> None:
     poll(fetch, lambda polls: polls >= 2, LOG_TAIL_SECONDS, interval=POLL_SECONDS)
 
 
+def cancel_unclaimed(api: PrefectAPI, run_id: str, pool: str | None, waited: float) -> str:
+    """Cancel a run no worker picked up (so that it does not start later by surprise);
+    the message says why it may have happened."""
+    online = api.online_workers(pool) if pool else []
+    api.call(
+        "POST",
+        f"/flow_runs/{run_id}/set_state",
+        json={"state": {"type": "CANCELLED", "message": "no worker picked it up"}, "force": True},
+    )
+    why = (
+        f"workers {online} are online in pool {pool!r} but busy or not polling"
+        if online
+        else f"no worker is online in work pool {pool!r}: start one with `make up` "
+        f"(log: $CATDOG_RUN_DIR/logs/worker.log)"
+    )
+    return (
+        f"no worker picked up flow run {run_id} within {waited} s; {why}. "
+        "The run was cancelled so that it does not start later by surprise "
+        "(CATDOG_PICKUP_TIMEOUT sets the wait)."
+    )
+
+
 def run(name: str, parameters: dict) -> int:
     try:
         settings = PlatformSettings.from_env()
@@ -86,49 +108,47 @@ def run(name: str, parameters: dict) -> int:
     say(f"follow it in the UI: {ui_url(api.url, run_id)}")
 
     started = time.monotonic()
-    state_seen, last_log = None, None
-    picked_up = False
-    while True:
-        flow_run = api.call("GET", f"/flow_runs/{run_id}")
-        state = flow_run["state"] or {"type": "SCHEDULED", "name": "Scheduled"}
-        last_log = print_new_logs(api, run_id, last_log)
-        if state["name"] != state_seen:
-            state_seen = state["name"]
-            say(f"state: {state_seen}" + (f" ({state['message']})" if state.get("message") else ""))
-        picked_up = picked_up or state["type"] not in ("SCHEDULED",)
-        if state["type"] in TERMINAL:
-            break
-        waited = time.monotonic() - started
-        if not picked_up and waited > pickup_timeout:
-            online = api.online_workers(pool) if pool else []
-            api.call(
-                "POST",
-                f"/flow_runs/{run_id}/set_state",
-                json={
-                    "state": {"type": "CANCELLED", "message": "no worker picked it up"},
-                    "force": True,
-                },
-            )
-            why = (
-                f"workers {online} are online in pool {pool!r} but busy or not polling"
-                if online
-                else f"no worker is online in work pool {pool!r}: start one with `make up` "
-                f"(log: $CATDOG_RUN_DIR/logs/worker.log)"
-            )
-            raise RunProblem(
-                f"no worker picked up flow run {run_id} within {pickup_timeout} s; {why}. "
-                "The run was cancelled so that it does not start later by surprise "
-                "(CATDOG_PICKUP_TIMEOUT sets the wait)."
-            )
-        if waited > run_timeout:
-            raise RunProblem(
-                f"flow run {run_id} is still {state['name']} after {run_timeout} s; it goes on "
-                f"in the worker: follow it at {ui_url(api.url, run_id)} (CATDOG_RUN_TIMEOUT sets "
-                "this wait)"
-            )
-        time.sleep(POLL_SECONDS)
+    # What the polls saw: the state, its name as last printed, the newest log line, and
+    # whether a worker ever took the run (a retry's AwaitingRetry is SCHEDULED again).
+    seen = {"state": {"type": "SCHEDULED", "name": "Scheduled"}, "name": None, "log": None}
+    seen["picked_up"] = False
 
-    tail_logs(api, run_id, last_log)
+    def finished() -> bool:
+        """Print what is new (log lines, a state change); true once the state is final."""
+        flow_run = api.call("GET", f"/flow_runs/{run_id}")
+        state = seen["state"] = flow_run["state"] or seen["state"]
+        seen["log"] = print_new_logs(api, run_id, seen["log"])
+        seen["picked_up"] = seen["picked_up"] or state["type"] != "SCHEDULED"
+        if state["name"] != seen["name"]:
+            seen["name"] = state["name"]
+            say(
+                f"state: {state['name']}"
+                + (f" ({state['message']})" if state.get("message") else "")
+            )
+        return state["type"] in TERMINAL
+
+    def picked_up_in_time() -> None:
+        if seen["picked_up"] or time.monotonic() - started <= pickup_timeout:
+            return
+        raise RunProblem(cancel_unclaimed(api, run_id, pool, pickup_timeout))
+
+    try:
+        wait_until(
+            finished,
+            f"flow run {run_id}",
+            run_timeout,
+            interval=POLL_SECONDS,
+            check=picked_up_in_time,
+        )
+    except WaitTimeout:
+        raise RunProblem(
+            f"flow run {run_id} is still {seen['state']['name']} after {run_timeout} s; it goes "
+            f"on in the worker: follow it at {ui_url(api.url, run_id)} (CATDOG_RUN_TIMEOUT sets "
+            "this wait)"
+        ) from None
+    state = seen["state"]
+
+    tail_logs(api, run_id, seen["log"])
     elapsed = time.monotonic() - started
     if state["type"] != "COMPLETED":
         raise RunProblem(

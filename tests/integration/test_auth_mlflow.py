@@ -34,36 +34,28 @@ def call(mlflow, method: str, path: str, auth=None, **kwargs) -> httpx.Response:
     return httpx.request(method, f"{mlflow['url']}{path}", auth=auth, timeout=60, **kwargs)
 
 
+def made_with_platform_credentials(mlflow, path: str, body: dict) -> dict:
+    """POST `body` to the REST `path` as the platform's clients do; the answer, asserted 200."""
+    answer = call(mlflow, "POST", f"/api/2.0/mlflow/{path}", mlflow["auth"], json=body)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
 @pytest.fixture(scope="module")
 def version(mlflow):
     """A registered model version, made with the platform's credentials."""
-    auth = mlflow["auth"]
-    experiment = call(
-        mlflow, "POST", "/api/2.0/mlflow/experiments/create", auth, json={"name": MODEL}
+    experiment = made_with_platform_credentials(mlflow, "experiments/create", {"name": MODEL})
+    run = made_with_platform_credentials(
+        mlflow, "runs/create", {"experiment_id": experiment["experiment_id"]}
     )
-    assert experiment.status_code == 200, experiment.text
-    run = call(
+    run_id = run["run"]["info"]["run_id"]
+    made_with_platform_credentials(mlflow, "registered-models/create", {"name": MODEL})
+    made = made_with_platform_credentials(
         mlflow,
-        "POST",
-        "/api/2.0/mlflow/runs/create",
-        auth,
-        json={"experiment_id": experiment.json()["experiment_id"]},
+        "model-versions/create",
+        {"name": MODEL, "source": f"runs:/{run_id}/model", "run_id": run_id},
     )
-    assert run.status_code == 200, run.text
-    run_id = run.json()["run"]["info"]["run_id"]
-    created = call(
-        mlflow, "POST", "/api/2.0/mlflow/registered-models/create", auth, json={"name": MODEL}
-    )
-    assert created.status_code == 200, created.text
-    made = call(
-        mlflow,
-        "POST",
-        "/api/2.0/mlflow/model-versions/create",
-        auth,
-        json={"name": MODEL, "source": f"runs:/{run_id}/model", "run_id": run_id},
-    )
-    assert made.status_code == 200, made.text
-    return made.json()["model_version"]["version"]
+    return made["model_version"]["version"]
 
 
 def alias_of(mlflow) -> str | None:

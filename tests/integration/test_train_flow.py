@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import pytest
 
 from catdog_runtime.processes import free_port
 from catdog_runtime.processes import run as run_cli
-from tests.integration.conftest import SMALL_TRAINING, python_cli, run_deployment
+from tests.integration.conftest import (
+    SMALL_TRAINING,
+    prefect_api,
+    python_cli,
+    run_deployment,
+    set_pool_paused,
+)
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +188,22 @@ def test_mlflow_down_fails_fast_with_a_hint(platform):
             "train(TrainConfig(data_fraction=0.01, epochs=1, image_size=32))",
         )
     assert "MLflow tracking server" in str(failed.value) and "make up" in str(failed.value)
+
+
+def test_a_run_no_worker_picks_up_is_cancelled_with_the_reason(platform):
+    """A paused pool stands in for a worker that is busy or gone: the make target does not
+    wait forever, and the run does not start later by surprise."""
+    set_pool_paused(platform, True)
+    try:
+        env = {**platform["env"], "CATDOG_PICKUP_TIMEOUT": "5"}
+        args = [sys.executable, "-m", "catdog_runtime.run_deployment", "train/baseline"]
+        result = run_cli(
+            args + ["--params", json.dumps({"config": SMALL_TRAINING})], env, check=False
+        )
+    finally:
+        set_pool_paused(platform, False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no worker picked up flow run" in result.stderr, result.stderr
+    assert "CATDOG_PICKUP_TIMEOUT" in result.stderr
+    run_id = re.search(r"flow run '[^']+' \(([0-9a-f-]{36})\)", result.stdout).group(1)
+    assert prefect_api(platform, "GET", f"/flow_runs/{run_id}")["state"]["type"] == "CANCELLED"
