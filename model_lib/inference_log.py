@@ -352,6 +352,7 @@ class InferenceRecorder:
         self.failed = 0
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)  # notified when nothing is pending
         self._pending = 0
         self._pending_pixels = 0
         self._stopping = threading.Event()
@@ -447,15 +448,13 @@ class InferenceRecorder:
             with self._lock:
                 self._pending -= len(items)
                 self._pending_pixels -= sum(p for *_, p in items)
+                if self._pending == 0:
+                    self._drained.notify_all()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is written (True) or `timeout` passes."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pending == 0:
-                return True
-            time.sleep(0.01)
-        return self.pending == 0
+        with self._drained:
+            return self._drained.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self, timeout: float = 10.0) -> bool:
         """Stop accepting records, write the queued ones, stop the thread."""

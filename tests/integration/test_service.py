@@ -13,7 +13,6 @@ import io
 import json
 import re
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -255,11 +254,13 @@ def test_a_photo_of_something_else_is_answered_neither(served, reference, refuse
     after = metric_samples(url)
     counted = metric_total(after, "catdog_predictions_total", label="neither")
     assert counted - metric_total(before, "catdog_predictions_total", label="neither") == 5
-    log, deadline, rows = InferenceLog(served["log"]), time.monotonic() + 20, []
-    while time.monotonic() < deadline and len(rows) < 5:
+    log = InferenceLog(served["log"])
+
+    def logged():
         frame = inference_frame(log)
-        rows = frame[frame["request_id"].str.startswith("neither-")].to_dict("records")
-        time.sleep(0.2)
+        return frame[frame["request_id"].str.startswith("neither-")].to_dict("records")
+
+    rows = poll(logged, lambda rows: len(rows) >= 5, 20, interval=0.2)
     assert [r["label"] for r in rows] == ["neither"] * 5
 
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from catdog_runtime.processes import ROOT
+from catdog_runtime.waits import poll
 from model_lib.image_stats import STAT_COLUMNS, image_statistics
 from model_lib.inference_log import (
     COLUMNS,
@@ -259,10 +260,7 @@ def test_the_recorder_prunes_on_its_own_thread_even_when_idle(tmp_path):
     log = InferenceLog(tmp_path / "log.sqlite")
     log.append_many(record(f"r{i}") for i in range(20))
     recorder = InferenceRecorder(log, retention=Retention(max_rows=5, every_seconds=0.1))
-    deadline = time.monotonic() + 10
-    while recorder.pruned < 15 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert recorder.pruned == 15
+    assert poll(lambda: recorder.pruned, lambda pruned: pruned >= 15, 10, interval=0.05) == 15
     assert ids(log, exclude_sources=()) == [f"r{i}" for i in range(15, 20)]
     image = noise_image(1, size=(50, 40))
     without_stats = {k: v for k, v in record("late").items() if k not in STAT_COLUMNS}
