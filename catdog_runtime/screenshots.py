@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from catdog_runtime.waits import wait_until
 from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
 from model_lib.settings import PortSettings
 
@@ -43,6 +44,9 @@ CHROMIUM_FLAGS = [
 # How long a page may take to load and go quiet, and to draw once it has.
 LOAD_TIMEOUT_SECONDS = 120
 SETTLE_SECONDS = 2
+READY_TIMEOUT_SECONDS = 60
+# One of the loop's automations (prefect.yaml): the list has rendered when it shows.
+READY_AUTOMATION = "retrain-on-alarm"
 # Where the Prefect UI keeps the base64 of the auth string it signs in with (the
 # `prefect-password` key of both the v1 and the v2 UI of Prefect 3.9).
 PREFECT_UI_AUTH_KEY = "prefect-password"
@@ -134,10 +138,13 @@ def chromium_screenshot(
     height: int = 900,
     local_storage: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
+    ready_text: str | None = None,
 ) -> None:
     """A PNG of `url` once it has drawn; `local_storage` is set in the page's origin
     before any of its scripts run (how the Prefect UI finds its credentials), `headers`
-    go with every request the page makes (MLflow's basic-auth login)."""
+    go with every request the page makes (MLflow's basic-auth login). With `ready_text`,
+    the capture waits until the page shows that text (a list that renders after its
+    count, like the Prefect UI's automations), and fails if it never does."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         raise SystemExit("chromium not found: apt-get install -y chromium")
@@ -165,6 +172,18 @@ def chromium_screenshot(
             # The UIs fetch their data after the page has loaded: wait until no request
             # has been pending for a while, then give them a moment to draw it.
             browser.wait_event("Page.lifecycleEvent", name="networkIdle")
+            if ready_text:
+                shows = f"document.body.innerText.includes({json.dumps(ready_text)})"
+                wait_until(
+                    lambda: (
+                        browser.send("Runtime.evaluate", session, expression=shows)
+                        .get("result", {})
+                        .get("value", False)
+                    ),
+                    f"{url} showing {ready_text!r}",
+                    READY_TIMEOUT_SECONDS,
+                    interval=0.5,
+                )
             time.sleep(SETTLE_SECONDS)
             shot = browser.send("Page.captureScreenshot", session, format="png")
         finally:
@@ -209,7 +228,10 @@ def main() -> None:
             f"{prefect}/runs", args.out / "loop-runs.png", height=1100, local_storage=login
         )
         chromium_screenshot(
-            f"{prefect}/automations", args.out / "loop-automations.png", local_storage=login
+            f"{prefect}/automations",
+            args.out / "loop-automations.png",
+            local_storage=login,
+            ready_text=READY_AUTOMATION,
         )
         return
     mlflow_url = os.environ.get("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{ports.mlflow_port}")

@@ -58,14 +58,19 @@ def loop(platform):
 
 
 def screenshot_loop(platform, folder: Path) -> None:
-    from catdog_runtime.screenshots import chromium_screenshot, prefect_ui_login
+    from catdog_runtime.screenshots import READY_AUTOMATION, chromium_screenshot, prefect_ui_login
 
     ui = platform["env"]["PREFECT_API_URL"].removesuffix("/api")
     folder.mkdir(parents=True, exist_ok=True)
     # The event feed and run list pages need clicks to show the catdog.* entries;
     # the automations page shows the whole loop as it stands.
     login = prefect_ui_login(platform["env"]["PREFECT_API_AUTH_STRING"])
-    chromium_screenshot(f"{ui}/automations", folder / "loop-automations.png", local_storage=login)
+    chromium_screenshot(
+        f"{ui}/automations",
+        folder / "loop-automations.png",
+        local_storage=login,
+        ready_text=READY_AUTOMATION,
+    )
 
 
 @pytest.fixture
