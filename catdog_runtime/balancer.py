@@ -327,6 +327,19 @@ def retire(replica: Replica, drain_timeout: float = 60) -> None:
     services.stop(replica.service)
 
 
+def resize(fleet: list[Replica], count: int) -> list[Replica]:
+    """The fleet's bento on `count` replicas: new ones ready and attached at the fleet's
+    weight, surplus ones (the newest) drained and retired. Returns the fleet as recorded."""
+    if count < 1:
+        raise BalancerError(f"a fleet needs at least one replica, got {count}")
+    if count > len(fleet):
+        for replica in start_replicas(fleet[0].bento_tag, count - len(fleet)):
+            attach(replica, fleet[0].weight)
+    for replica in fleet[count:]:
+        retire(replica)
+    return load()
+
+
 def running_replicas() -> dict[int, str]:
     """port -> bento of every replica process alive (by its pid file), behind HAProxy or not."""
     return {

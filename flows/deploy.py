@@ -215,7 +215,16 @@ def rollout(
         reconcile(model_name)
         stable = balancer.load()
         if stable and all(r.bento_tag == bento_tag for r in stable):
-            logger.info("%s already serves all traffic: nothing to do", bento_tag)
+            if replicas and replicas != len(stable):  # `make serve REPLICAS=N` on what serves
+                logger.info(
+                    "%s already serves all traffic: %d -> %d replica(s)",
+                    bento_tag,
+                    len(stable),
+                    replicas,
+                )
+                balancer.resize(stable, replicas)
+            else:
+                logger.info("%s already serves all traffic: nothing to do", bento_tag)
             return bento_tag
         count = replicas or len(stable) or 1
         logger.info("starting %d replica(s) of %s beside %d serving", count, bento_tag, len(stable))

@@ -192,3 +192,26 @@ def test_a_killed_replica_costs_at_most_the_requests_it_held_and_is_restarted(li
     assert all(status in (502, "RemoteProtocolError") for status, _ in lost), lost
     assert len(lost) <= 2, lost
     assert [r.port for r in balancer.load()] == [r.port for r in replicas]
+
+
+def test_a_new_replica_count_for_what_serves_resizes_the_fleet_without_a_failed_request(
+    platform, balancer_env, live
+):
+    """`make serve REPLICAS=N` when the bento already serves: no canary, the fleet grows or
+    shrinks (the newest replicas drained first)."""
+    from catdog_runtime import balancer
+
+    serving = balancer.load()
+    bento_tag = serving[0].bento_tag
+    for count in (len(serving) + 1, len(serving)):
+        with looping_client(live["url"]) as client:
+            flow_run = deploy(
+                platform, "deploy/rollout", {"bento_tag": bento_tag, "replicas": count}
+            )
+        assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]["message"]
+        assert client.records, "the client sent nothing"
+        assert failures(client) == []
+        fleet = balancer.load()
+        assert len(fleet) == count and {r.bento_tag for r in fleet} == {bento_tag}
+        assert all(row["status"] == "UP" for row in balancer.server_stats().values())
+    assert [r.port for r in balancer.load()] == [r.port for r in serving]
