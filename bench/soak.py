@@ -16,9 +16,9 @@ bench-rollout), and the watchdog restarts it. The resident memory of every
 process of every replica is sampled every 100 ms (catdog_runtime.processes.RssSampler).
 
 A good request counts as lost when it gets anything but a 200. HAProxy retries
-once, on the other replica, what is safe to retry (a refused connection, a 503);
-a request in flight on the replica when it is killed is answered 502 and not
-replayed (it may be what killed it), so it counts as lost too.
+once, on the other replica, a refused connection, a 503 and (CATDOG_LB_REPLAY_DROPPED,
+on by default) a request the killed replica held without answering; with that
+setting off, those in-flight requests count as lost.
 
     make up && make train-small && make package && make serve REPLICAS=2
     make bench-soak [SOAK_MINUTES=30]      (python -m bench.soak --help)

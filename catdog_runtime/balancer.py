@@ -114,10 +114,19 @@ def render(replicas: list[Replica]) -> str:
         client_conns=services.settings().lb_client_conns,
         run_as=run_as(),
         bufsize=services.settings().lb_bufsize,
+        retry_on=retry_on(),
         maxconn=services.settings().lb_maxconn,
         monitor_uri=services.BALANCER_MONITOR_URI,
         servers="\n".join(f"    {_server_line(r)}" for r in replicas),
     )
+
+
+def retry_on() -> str:
+    """What HAProxy retries (once, on another replica): a connection that failed and a
+    503 (the service answers 503 only before it decodes anything), and, unless
+    CATDOG_LB_REPLAY_DROPPED is off, a request its replica dropped without an answer."""
+    dropped = " empty-response" if services.settings().lb_replay_dropped else ""
+    return f"conn-failure{dropped} 503"
 
 
 def run_as() -> str:

@@ -269,6 +269,11 @@ class PlatformSettings(Part):
         "connections per client on the public frontend (429 beyond)", default=64, ge=1
     )
     lb_bufsize: int = doc("HAProxy's buffer size (bytes)", default=131072, ge=1)
+    lb_replay_dropped: bool = doc(
+        "HAProxy replays once, on another replica, a request whose replica closed the"
+        " connection without answering (killed mid-request)",
+        default=True,
+    )
     lb_maxconn: int = doc("HAProxy's connection limit", default=512, ge=1)
     pg_port: int = doc("PostgreSQL's port (scale profile)", default=5433, ge=1)
     pg_bin: Path | None = doc(
