@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import html
 import json
 import os
 import select
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 from mlflow import MlflowClient
 
 from catdog_runtime.waits import wait_until
@@ -26,6 +28,8 @@ from model_lib.config import CHAMPION_ALIAS, MODEL_NAME
 from model_lib.settings import PortSettings
 
 OUT = Path("docs/screenshots")
+# A pigeon: a kind of photo model_lib.data holds out of training (the test share).
+NON_PET_PHOTO = Path("other_images/caltech101/pigeon/image_0001.jpg")
 
 
 # Chromium's background-networking flags keep it from calling out: only package
@@ -194,6 +198,25 @@ def chromium_screenshot(
     print(f"{out}  <- {url}")
 
 
+def answer_page(service: str, photo: Path, folder: Path) -> Path:
+    """An HTML page with `photo`, the curl command that sends it to the service, and the
+    service's real answer to it: the README's picture of a `neither` answer."""
+    response = httpx.post(
+        f"{service}/classify", files={"image": (photo.name, photo.read_bytes())}, timeout=120
+    )
+    response.raise_for_status()
+    image = base64.b64encode(photo.read_bytes()).decode()
+    command = f"$ curl -F image=@{photo} {service}/classify"
+    page = folder / "answer.html"
+    page.write_text(
+        "<html><body style='font-family: monospace; font-size: 16px; margin: 24px'>"
+        f"<img src='data:image/jpeg;base64,{image}' style='width: 300px'>"
+        f"<pre style='white-space: pre-wrap'>{html.escape(command)}</pre>"
+        f"<pre>{html.escape(json.dumps(response.json(), indent=2))}</pre></body></html>"
+    )
+    return page
+
+
 def prefect_ui_login(auth: str | None = None) -> dict[str, str]:
     """The Prefect UI's stored sign-in for `auth`, default $PREFECT_API_AUTH_STRING."""
     auth = auth or os.environ.get("PREFECT_API_AUTH_STRING")
@@ -211,6 +234,12 @@ def mlflow_ui_login() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--non-pet-photo",
+        type=Path,
+        default=NON_PET_PHOTO,
+        help="the photo whose `neither` answer is shown (default: %(default)s)",
+    )
     parser.add_argument(
         "--loop", action="store_true", help="only the Prefect pages the closed loop shows in"
     )
@@ -268,6 +297,9 @@ def main() -> None:
         shot = args.out / "evidently-drift-report.png"
         chromium_screenshot(Path(report).as_uri(), shot, height=1400)
     chromium_screenshot(f"{service}/", args.out / "service-openapi.png")
+    with tempfile.TemporaryDirectory(prefix="catdog-screenshots-") as tmp:
+        page = answer_page(service, args.non_pet_photo, Path(tmp))
+        chromium_screenshot(page.as_uri(), args.out / "service-neither-answer.png", 1000, 860)
 
 
 if __name__ == "__main__":
