@@ -46,6 +46,18 @@ def logits_of(model: OnnxClassifier, pixels: np.ndarray, flip: bool) -> np.ndarr
     return np.concatenate(chunks)
 
 
+def load_splits(architecture: str, image_size: int, model: OnnxClassifier):
+    """The dataset as training splits it, and the validation and test photos
+    (uint8 pixels at the model's input size, labels)."""
+    dataset = load_dataset(TrainConfig(architecture=architecture, image_size=image_size))
+    size = model.preprocessing.image_size
+    splits = {
+        name: (data_lib.load_pixels(items, size), data_lib.labels_of(items))
+        for name, items in (("val", dataset.val_items), ("test", dataset.test_items))
+    }
+    return dataset, splits
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="an exported ONNX file (with its preprocessing metadata)")
@@ -53,14 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=260)
     args = parser.parse_args(argv)
 
-    config = TrainConfig(architecture=args.architecture, image_size=args.image_size)
-    dataset = load_dataset(config)
     model = OnnxClassifier(args.model)
-    size = model.preprocessing.image_size
-    splits = {
-        name: (data_lib.load_pixels(items, size), data_lib.labels_of(items))
-        for name, items in (("val", dataset.val_items), ("test", dataset.test_items))
-    }
+    dataset, splits = load_splits(args.architecture, args.image_size, model)
     print(f"{args.model}: val {len(splits['val'][1])} photos, test {len(splits['test'][1])}")
     print("| variant | split | " + " | ".join(FIGURES) + " | model seconds |")
     print("| --- | --- | " + " | ".join("---" for _ in FIGURES) + " | --- |")
