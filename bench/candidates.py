@@ -57,7 +57,7 @@ def build_candidate(
     from mlflow import MlflowClient
 
     from model_lib.onnx_model import OnnxClassifier
-    from model_lib.tracking import file_sha256, record_sha256
+    from model_lib.tracking import file_sha256, record_sha256, use_experiment
 
     client = MlflowClient()
     base = client.get_model_version(model_name, base_version)
@@ -73,7 +73,7 @@ def build_candidate(
     if constant_label is not None:
         names = OnnxClassifier(folder / "model.onnx").class_names
         make_constant(folder / "model.onnx", names.index(constant_label), len(names))
-    mlflow.set_experiment(CANDIDATES_EXPERIMENT)
+    use_experiment(CANDIDATES_EXPERIMENT)
     with mlflow.start_run(run_name=f"candidate from v{base_version}") as run:
         mlflow.log_artifact(str(folder / "model.onnx"), "model")
         mlflow.log_artifact(str(folder / packaging.REFERENCE_STATS_FILE))

@@ -32,7 +32,7 @@ from model_lib.config import MODEL_NAME
 from model_lib.image_stats import REFERENCE_STATS_FILE
 from model_lib.inference_log import InferenceLog
 from model_lib.pushgateway import push_evaluation, pushgateway_url
-from model_lib.tracking import ensure_tracking_server
+from model_lib.tracking import ensure_tracking_server, use_experiment
 
 MONITORING_EXPERIMENT = "catdog-monitoring"
 
@@ -208,7 +208,7 @@ def emit_evaluation_events(
 def log_to_mlflow(
     result, drift, traffic, html_path, service_url, window_minutes, problems, warning
 ) -> str:
-    mlflow.set_experiment(MONITORING_EXPERIMENT)
+    use_experiment(MONITORING_EXPERIMENT)
     with mlflow.start_run(run_name=f"evaluate {datetime.now(UTC):%Y-%m-%d %H:%M}") as run:
         mlflow.log_params(
             {

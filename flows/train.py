@@ -45,6 +45,7 @@ from model_lib.tracking import (
     git_commit,
     log_models,
     register_and_gate,
+    use_experiment,
 )
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second")
@@ -91,7 +92,7 @@ def start_run(config: TrainConfig, dataset: pipeline.Dataset, report_path: Path,
     Each task re-enters the run by id: Prefect may run tasks on other threads,
     and MLflow's active run is per thread.
     """
-    mlflow.set_experiment(config.experiment_name)
+    use_experiment(config.experiment_name)
     with mlflow.start_run(run_name=config.architecture) as run:
         mlflow.log_params(config.to_params())
         mlflow.set_tags(

@@ -25,6 +25,18 @@ from model_lib.preprocess import decode_image
 from model_lib.settings import PortSettings
 
 
+def use_experiment(name: str) -> str:
+    """Make experiment `name` the active one, creating it if needed; returns its id.
+
+    `mlflow.set_experiment(name)` alone loses a creation race: when another process
+    creates the experiment first, it returns the experiment without making it active,
+    and the next run lands in "Default" (seen with two workers evaluating at once).
+    Setting it again by id cannot race."""
+    experiment_id = mlflow.set_experiment(name).experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
 class ServiceUnavailable(RuntimeError):
     """A server the flow needs is down; the message says how to start it."""
 

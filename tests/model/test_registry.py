@@ -110,3 +110,33 @@ def test_packaging_ships_int8_when_training_logged_it_and_float32_otherwise(
         OnnxClassifier(fp32_path).predict_proba(inputs),
         atol=1e-6,
     )
+
+
+def test_a_run_lands_in_its_experiment_when_another_process_created_it_first(registry, monkeypatch):
+    """Two flows starting at once both try to create the experiment; MLflow's own
+    set_experiment then returns without making it active (the run would land in
+    "Default"). use_experiment leaves the named experiment active either way."""
+    import mlflow.tracking.fluent
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from model_lib.tracking import use_experiment
+
+    # set_experiment keeps the active experiment in a global and the environment.
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    name = "created by another process"
+    experiment_id = MlflowClient().create_experiment(name)
+    # The race: the other process's experiment is not there yet when this one looks,
+    # and already there when it tries to create it.
+    lookups = []
+    real_lookup = TrackingServiceClient.get_experiment_by_name
+
+    def not_there_at_first(self, wanted):
+        lookups.append(wanted)
+        return None if len(lookups) == 1 else real_lookup(self, wanted)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", not_there_at_first)
+    assert use_experiment(name) == experiment_id
+    with mlflow.start_run() as run:
+        pass
+    assert run.info.experiment_id == experiment_id
