@@ -201,11 +201,12 @@ def chromium_screenshot(
 def answer_page(service: str, photo: Path, folder: Path) -> Path:
     """An HTML page with `photo`, the curl command that sends it to the service, and the
     service's real answer to it: the README's picture of a `neither` answer."""
+    photo_bytes = photo.read_bytes()
     response = httpx.post(
-        f"{service}/classify", files={"image": (photo.name, photo.read_bytes())}, timeout=120
+        f"{service}/classify", files={"image": (photo.name, photo_bytes)}, timeout=120
     )
     response.raise_for_status()
-    image = base64.b64encode(photo.read_bytes()).decode()
+    image = base64.b64encode(photo_bytes).decode()
     command = f"$ curl -F image=@{photo} {service}/classify"
     page = folder / "answer.html"
     page.write_text(
