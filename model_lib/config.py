@@ -22,6 +22,9 @@ class TrainConfig:
     learning_rate: float = 0.05  # peak of the one-cycle schedule
     weight_decay: float = 5e-4
     image_size: int = 224
+    # Transfer models only: how many of the last MBConv blocks train with the head
+    # (0: the head alone). Each block costs a backward pass through it every step.
+    trained_blocks: int = 0
     seed: int = 42
     # Share of the pool used (every split shrinks; subsets are nested, so a
     # small run's validation or test images are never another run's training images).
@@ -53,6 +56,11 @@ class TrainConfig:
             raise ValueError(
                 f"val_percent + test_percent must leave images to train on, got "
                 f"{self.val_percent} + {self.test_percent}"
+            )
+        if self.trained_blocks < 0 or (self.trained_blocks and self.architecture == "baseline_cnn"):
+            raise ValueError(
+                f"trained_blocks must be >= 0, and 0 for baseline_cnn (it trains every "
+                f"layer), got {self.trained_blocks} for {self.architecture}"
             )
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:

@@ -1,4 +1,5 @@
-"""Transfer learning: fine-tune the head of a pretrained EfficientNet-Lite (torch).
+"""Transfer learning: fine-tune the head (and optionally the last blocks) of a
+pretrained EfficientNet-Lite (torch).
 
 The frozen layers run through ONNX Runtime (exported in memory from the very
 modules that end up in the returned model), the trainable tail in PyTorch.
@@ -35,9 +36,9 @@ from model_lib.training import (
 # features. Backbone passes are most of the cost, so two views buy most of what
 # augmentation gives here at a bounded price.
 FRESH_VIEWS = 2
-# The trainable part is the 320->1280 head conv (+BN) and the classifier, at
-# `learning_rate` for the new classifier and this fraction of it for the
-# pretrained head conv, which only needs nudging.
+# The trainable part is the last `config.trained_blocks` MBConv blocks, the
+# 1280-channel head conv (+BN) and the classifier, at `learning_rate` for the new
+# classifier and this fraction of it for the pretrained parts, which only need nudging.
 PRETRAINED_LR_FACTOR = 0.1
 
 
@@ -62,7 +63,8 @@ class OnnxBackbone:
 
 
 class _TrainableTail(nn.Sequential):
-    """Head conv + pooling + dropout + classifier, trained on backbone features.
+    """Trained blocks + head conv + pooling + dropout + classifier, trained on
+    backbone features.
 
     Its batch norm keeps the pretrained running statistics even in training
     mode: with TF's momentum (0.01) they would need hundreds of steps to catch
@@ -90,18 +92,26 @@ def _fresh_view(images, labels, batch_size, generator, augment, backbone, cache:
 def fit_transfer(
     config: TrainConfig, data: PreparedData, prep: Preprocessing, outputs: int, on_progress=None
 ):
-    """Fine-tune the head of a pretrained EfficientNet-Lite (`config.architecture`) on `data`.
+    """Fine-tune a pretrained EfficientNet-Lite (`config.architecture`) on `data`: its
+    head, classifier and last `config.trained_blocks` MBConv blocks.
 
-    The stem and all MBConv blocks stay frozen: ImageNet features already
-    separate cats from dogs, and training the last block as well was several
-    times slower per epoch for no gain (notes/efficientnet.md). Returns (model
-    in eval mode, per-epoch history).
+    The stem and the other blocks stay frozen: ImageNet features already separate
+    cats from dogs. Training the last block as well refuses more photos of unseen
+    kinds and calibrates better, at several times the tail's cost (notes/models.md).
+    Returns (model in eval mode, per-epoch history).
     """
     model = efficientnet_lite(config.architecture, num_classes=outputs, pretrained=True).eval()
+    if not 0 <= config.trained_blocks <= len(model.blocks):
+        raise ValueError(
+            f"trained_blocks must be in [0, {len(model.blocks)}] for {config.architecture}, "
+            f"got {config.trained_blocks}"
+        )
     # Frozen by construction: only the tail's parameters reach the optimizer, and
     # the frozen part runs outside autograd (ONNX Runtime).
-    frozen = nn.Sequential(model.stem, model.blocks)
-    tail = _TrainableTail(model.head, model.pool, model.dropout, model.classifier)
+    first_trained = len(model.blocks) - config.trained_blocks
+    trained_blocks = model.blocks[first_trained:]
+    frozen = nn.Sequential(model.stem, model.blocks[:first_trained])
+    tail = _TrainableTail(trained_blocks, model.head, model.pool, model.dropout, model.classifier)
     backbone = OnnxBackbone(frozen, prep.image_size, torch.get_num_threads())
 
     generator = torch.Generator().manual_seed(config.seed)
@@ -109,7 +119,10 @@ def fit_transfer(
     lr = config.learning_rate
     optimizer = torch.optim.AdamW(
         [
-            {"params": model.head.parameters(), "lr": lr * PRETRAINED_LR_FACTOR},
+            {
+                "params": [*trained_blocks.parameters(), *model.head.parameters()],
+                "lr": lr * PRETRAINED_LR_FACTOR,
+            },
             {"params": model.classifier.parameters(), "lr": lr},
         ],
         weight_decay=config.weight_decay,

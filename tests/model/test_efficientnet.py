@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from model_lib.efficientnet import WEIGHTS_MEAN, WEIGHTS_STD, efficientnet_lite0, weights_path
+from model_lib.efficientnet import (
+    WEIGHTS_MEAN,
+    WEIGHTS_STD,
+    efficientnet_lite,
+    efficientnet_lite0,
+    weights_path,
+)
 from model_lib.export import PARITY_TOLERANCE, export_onnx, onnx_parity
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.preprocess import Preprocessing, decode_image, softmax, to_model_input
@@ -125,3 +131,23 @@ def test_fit_transfer_end_to_end_on_tiny_images(tmp_path):
     # Three flat colours: the pretrained features separate them at once.
     assert (logits.argmax(1).numpy() == data.val_labels).mean() >= 0.9
     assert result.history[-1]["val_accuracy"] >= 0.9
+
+
+def test_fit_transfer_trains_only_the_last_blocks_it_is_given(tmp_path):
+    """`trained_blocks=1`: the last MBConv block learns with the head, the block
+    before it keeps its ImageNet weights, and the model still separates the colours."""
+    pretrained = efficientnet_lite("efficientnet_lite0", num_classes=3, pretrained=True)
+    run = tiny_training(
+        tmp_path, architecture="efficientnet_lite0", image_size=64, trained_blocks=1
+    )
+    trained = run.result.model
+
+    def same(block: int) -> bool:
+        before, after = pretrained.blocks[block].state_dict(), trained.blocks[block].state_dict()
+        return all(torch.equal(before[key], after[key]) for key in before)
+
+    assert not same(-1)
+    assert same(-2)
+    with torch.inference_mode():
+        logits = trained(torch.from_numpy(run.result.data.val_inputs))
+    assert (logits.argmax(1).numpy() == run.result.data.val_labels).mean() >= 0.9
