@@ -113,9 +113,9 @@ containerize: $(VENV_STAMP)  ## OCI image of the latest bento (buildah + local b
 smoke:  ## start the image, classify a cat and a dog, check errors, metrics, non-root, no torch
 	scripts/container/smoke_test.sh $(IMAGE)
 
-bench: $(VENV_STAMP)  ## serving benchmark: raw ONNX ceiling vs service vs naive PyTorch (uses wrk)
+bench: $(VENV_STAMP)  ## serving benchmark: raw ONNX ceiling vs service vs naive PyTorch (uses wrk); COMPARE=<model tag>: another model, same run
 	command -v wrk >/dev/null || apt-get install -y -q wrk
-	$(ENV) python -m bench.serving --duration 10 --clients 1,4,16 --repeat $${REPEAT:-3}
+	$(ENV) python -m bench.serving --duration 10 --clients 1,4,16 --repeat $${REPEAT:-3} $${COMPARE:+--compare-tag $$COMPARE}
 
 bench-rollout: $(VENV_STAMP)  ## 16 clients through the balancer during rollout, broken candidate, rollback, kill -9
 	scripts/debian_packages.sh haproxy

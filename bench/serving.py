@@ -12,6 +12,11 @@ In one run on one machine, one server at a time:
   3. the same load against bench/naive_server.py (FastAPI + eager PyTorch,
      one forward per request), with the champion's `pytorch_model` from MLflow.
 
+With --compare-tag (repeatable), step 2 also serves each of those BentoML models in
+turn, right after the measured one in every round, and the report gives each one's
+throughput as a share of the measured model's: two models compared in the same run
+(e.g. the Lite2 default against `train/efficientnet-lite0`).
+
 Load comes from `wrk` with a Lua script building multipart bodies (`apt-get
 install wrk`): it costs the 2 cores far less than a Python client. Without
 wrk, or with --load python, an asyncio httpx client is used and the table
@@ -352,6 +357,28 @@ def champion_model_tag() -> str:
     return champion.tags["bentoml_model"]
 
 
+def measure_stored(name, stored, files, clients_list, args, load, work, round_index):
+    """`bentoml serve` of one stored model on a free port, loaded as the service is."""
+    port = free_port()
+    env = service_env(os.environ.get("BENTOML_HOME"), work)
+    env["CATDOG_MODEL_TAG"] = str(stored.tag)
+    server = start_service(port, env, work, args.start_timeout)
+    try:
+        return measure(
+            name,
+            f"http://127.0.0.1:{port}",
+            files,
+            clients_list,
+            args.duration,
+            load,
+            work,
+            expect_version=str(stored.info.metadata.get("mlflow_model_version")),
+            round_index=round_index,
+        )
+    finally:
+        server.stop()
+
+
 def stored_model(tag: str):
     try:
         return bentoml.models.get(tag)
@@ -364,6 +391,28 @@ def stored_model(tag: str):
 
 
 # ---------------------------------------------------------------- report
+def compare_ratios(find: dict, rounds: list[int], name: str, tag: str, top: int) -> dict:
+    """A compared model's throughput over the measured one's at `top` clients, and its
+    p50 at 1 client, each taken within a round, medians over rounds."""
+    over = [
+        find[(name, top, i)].rps / find[("service", top, i)].rps
+        for i in rounds
+        if (name, top, i) in find and ("service", top, i) in find
+    ]
+    p50_one = [find[(name, 1, i)].p50_ms for i in rounds if (name, 1, i) in find]
+    figures = {"model": tag}
+    if over:
+        figures["throughput_over_service"] = statistics.median(over)
+        print(
+            f"{name} ({tag}) / service at {top} clients: "
+            f"{figures['throughput_over_service']:.0%}{_spread([100 * v for v in over], '.0f')}"
+        )
+    if p50_one:
+        figures["p50_1_client_ms"] = statistics.median(p50_one)
+        print(f"{name} p50 at 1 client: {figures['p50_1_client_ms']:.1f} ms")
+    return figures
+
+
 def median_results(results: list[LoadResult]) -> list[LoadResult]:
     """Per (server, clients), the round with the median throughput (all its figures)."""
     groups: dict[tuple[str, int], list[LoadResult]] = {}
@@ -378,7 +427,13 @@ def _spread(values: list[float], fmt: str) -> str:
     return f" (rounds: {', '.join(format(v, fmt) for v in values)})"
 
 
-def report(ceilings: list[dict], all_results: list[LoadResult], load: str, model: str) -> dict:
+def report(
+    ceilings: list[dict],
+    all_results: list[LoadResult],
+    load: str,
+    model: str,
+    compared: dict[str, str] | None = None,
+) -> dict:
     """Print the figures and the ratios; returns them as a dict.
 
     Ratios are taken within each round (the service against the ceiling measured
@@ -460,6 +515,8 @@ def report(ceilings: list[dict], all_results: list[LoadResult], load: str, model
         )
     errors = sum(r.errors for r in all_results if r.server == "service")
     print(f"service errors (non-2xx or socket), all rounds: {errors}")
+    for name, tag in (compared or {}).items():
+        ratios[name] = compare_ratios(find, rounds, name, tag, top)
     return {
         "model": model,
         "load_generator": load,
@@ -482,6 +539,13 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("CATDOG_MODEL_TAG"),
         help="BentoML model; default: the one `make package` made from the MLflow champion "
         "(not the newest in the store, which may be a rollout benchmark's candidate)",
+    )
+    parser.add_argument(
+        "--compare-tag",
+        action="append",
+        default=[],
+        help="another BentoML model to serve and load the same way in every round "
+        "(repeatable); reported as compare1, compare2, ...",
     )
     parser.add_argument("--images", type=Path, default=ROOT / "test_images")
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
@@ -511,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     model = (
         f"{stored.tag} (MLflow {meta.get('mlflow_model_name')} v{meta.get('mlflow_model_version')})"
     )
+    compared = {f"compare{i}": stored_model(tag) for i, tag in enumerate(args.compare_tag, start=1)}
     naive_uri = args.naive_model_uri or (f"runs:/{run_id}/pytorch_model" if run_id else None)
     if not args.no_naive and naive_uri is None:
         raise SystemExit(f"{stored.tag} has no mlflow_run_id: pass --naive-model-uri or --no-naive")
@@ -559,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if server is not None:
                 server.stop()
+        for name, other in compared.items():
+            print(f"2/3 {name}: service with {other.tag} ...", flush=True)
+            results += measure_stored(
+                name, other, files, clients_list, args, load, work, round_index
+            )
 
         if not args.no_naive:
             print(f"3/3 naive PyTorch server ({naive_uri}) ...", flush=True)
@@ -582,7 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     # once more after the servers, to show how much it moved.
     print("raw ONNX Runtime ceiling, again ...", flush=True)
     ceilings.append(raw_ceiling(onnx_path, files, args.duration))
-    summary = report(ceilings, results, load, model)
+    summary = report(
+        ceilings, results, load, model, {name: str(m.tag) for name, m in compared.items()}
+    )
     if log_stats:
         dropped = log_stats["catdog_inference_log_dropped_total"]
         total = log_stats["catdog_predictions_total"]

@@ -46,9 +46,14 @@ def calibration_inputs(
 
 
 def quantize_int8(
-    fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, batch_size: int = 16
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: np.ndarray,
+    batch_size: int = 16,
+    method: CalibrationMethod = CalibrationMethod.MinMax,
 ) -> Path:
-    """Write the static INT8 (QDQ) version of `fp32_path` to `out_path`."""
+    """Write the static INT8 (QDQ) version of `fp32_path` to `out_path`, its activation
+    ranges from `calibration` by `method` (bench/int8_calibration.py compares them)."""
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -74,7 +79,7 @@ def quantize_int8(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=method,
         )
     quantized = onnx.load(str(out_path))
     del quantized.metadata_props[:]
