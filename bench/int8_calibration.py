@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=260)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--images", type=int, nargs="+", default=[CALIBRATION_IMAGES, 1024])
+    parser.add_argument(
+        "--float-prefixes",
+        nargs="*",
+        default=[],
+        help="also try each variant with the nodes named so kept float32, e.g. "
+        "/blocks/blocks.20/ /head/ /classifier/ (the trained tail)",
+    )
     args = parser.parse_args(argv)
 
     fp32 = OnnxClassifier(args.model)
@@ -62,13 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         for images in args.images:
             calibration = calibration_inputs(train_pixels, fp32.preprocessing, images)
             for method in args.methods:
-                out = Path(tmp) / f"{method}-{images}.onnx"
-                started = time.perf_counter()
-                quantize_int8(args.model, out, calibration, method=METHODS[method])
-                seconds = time.perf_counter() - started
-                print_rows(
-                    f"{method}, {images} images", OnnxClassifier(out), dataset, splits, seconds
-                )
+                for kept in [(), tuple(args.float_prefixes)][: 1 + bool(args.float_prefixes)]:
+                    out = Path(tmp) / f"{method}-{images}-{len(kept)}.onnx"
+                    started = time.perf_counter()
+                    quantize_int8(
+                        args.model, out, calibration, method=METHODS[method], float_prefixes=kept
+                    )
+                    seconds = time.perf_counter() - started
+                    variant = f"{method}, {images} images" + (", tail float32" if kept else "")
+                    print_rows(variant, OnnxClassifier(out), dataset, splits, seconds)
 
 
 if __name__ == "__main__":

@@ -51,9 +51,11 @@ def quantize_int8(
     calibration: np.ndarray,
     batch_size: int = 16,
     method: CalibrationMethod = CalibrationMethod.MinMax,
+    float_prefixes: tuple[str, ...] = (),
 ) -> Path:
     """Write the static INT8 (QDQ) version of `fp32_path` to `out_path`, its activation
-    ranges from `calibration` by `method` (bench/int8_calibration.py compares them)."""
+    ranges from `calibration` by `method`; nodes whose names start with one of
+    `float_prefixes` (e.g. "/head/") stay float32 (bench/int8_calibration.py compares)."""
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -71,6 +73,11 @@ def quantize_int8(
         # Shape inference and graph fusions first, as ONNX Runtime recommends.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
+        kept_float = [
+            node.name
+            for node in onnx.load(str(prepared)).graph.node
+            if node.name.startswith(float_prefixes) and float_prefixes
+        ]
         quantize_static(
             str(prepared),
             str(out_path),
@@ -80,6 +87,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
+            nodes_to_exclude=kept_float,
         )
     quantized = onnx.load(str(out_path))
     del quantized.metadata_props[:]
