@@ -49,3 +49,25 @@ def test_int8_ships_only_within_the_tolerance():
     assert not int8_acceptable(figures(0.990), figures(0.990 - INT8_TOLERANCE - 0.001))
     assert not int8_acceptable(figures(0.99), figures(0.99, 0.97 - NEITHER_TOLERANCE - 0.001))
     assert int8_acceptable({"accuracy": 0.99}, {"accuracy": 0.99})  # a cat/dog-only model
+
+
+def test_nodes_named_in_float_prefixes_keep_float32_weights(tmp_path, tiny_run):
+    data, prep = tiny_run.result.data, tiny_run.prep
+    fp32_path = export_onnx(tiny_run.result.model, tmp_path / "model.onnx", prep)
+    last = onnx.load(str(fp32_path)).graph.node[-1].name  # the classifier's matmul
+    calibration = calibration_inputs(data.train_pixels, prep)
+
+    def weight_is_dequantized(float_prefixes) -> bool:
+        path = quantize_int8(
+            fp32_path,
+            tmp_path / f"{len(float_prefixes)}.onnx",
+            calibration,
+            float_prefixes=float_prefixes,
+        )
+        graph = onnx.load(str(path)).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        (node,) = [n for n in graph.node if n.name == last]
+        return node.input[1] in dequantized
+
+    assert weight_is_dequantized(())
+    assert not weight_is_dequantized((last,))
