@@ -289,7 +289,7 @@ def main() -> None:
     )
     chromium_screenshot(
         f"{mlflow_url}/#/experiments/{training.experiment_id}/runs/{champion.run_id}"
-        "/artifacts/plots/confusion_matrix.png",
+        "/artifacts/plots/confusion_matrix_test.png",
         args.out / "mlflow-run-plots.png",
         headers=mlflow_ui_login(),
     )
