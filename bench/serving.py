@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -357,23 +358,17 @@ def champion_model_tag() -> str:
     return champion.tags["bentoml_model"]
 
 
-def measure_stored(name, stored, files, clients_list, args, load, work, round_index):
-    """`bentoml serve` of one stored model on a free port, loaded as the service is."""
+def measure_stored(name, stored, run_levels, work, timeout, round_index):
+    """`bentoml serve` of one stored model on a free port, loaded by `run_levels` (measure
+    with this run's photos, clients and duration) as the service is."""
     port = free_port()
     env = service_env(os.environ.get("BENTOML_HOME"), work)
     env["CATDOG_MODEL_TAG"] = str(stored.tag)
-    server = start_service(port, env, work, args.start_timeout)
+    server = start_service(port, env, work, timeout)
     try:
-        return measure(
-            name,
-            f"http://127.0.0.1:{port}",
-            files,
-            clients_list,
-            args.duration,
-            load,
-            work,
-            expect_version=str(stored.info.metadata.get("mlflow_model_version")),
-            round_index=round_index,
+        version = str(stored.info.metadata.get("mlflow_model_version"))
+        return run_levels(
+            name, f"http://127.0.0.1:{port}", expect_version=version, round_index=round_index
         )
     finally:
         server.stop()
@@ -586,6 +581,15 @@ def main(argv: list[str] | None = None) -> int:
         f"clients {clients_list}, logs in {work}",
         flush=True,
     )
+    # Every server is loaded with the same photos, clients and duration.
+    run_levels = functools.partial(
+        measure,
+        files=files,
+        clients_list=clients_list,
+        duration=args.duration,
+        load=load,
+        work=work,
+    )
     ceilings: list[dict[str, float]] = []
     results: list[LoadResult] = []
     log_stats = None
@@ -606,14 +610,9 @@ def main(argv: list[str] | None = None) -> int:
             server = start_service(port, env, work, args.start_timeout)
             base = f"http://127.0.0.1:{port}"
         try:
-            results += measure(
+            results += run_levels(
                 "service",
                 base,
-                files,
-                clients_list,
-                args.duration,
-                load,
-                work,
                 expect_version=str(meta.get("mlflow_model_version")),
                 round_index=round_index,
             )
@@ -627,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, other in compared.items():
             print(f"2/3 {name}: service with {other.tag} ...", flush=True)
             results += measure_stored(
-                name, other, files, clients_list, args, load, work, round_index
+                name, other, run_levels, work, args.start_timeout, round_index
             )
 
         if not args.no_naive:
@@ -635,16 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             server = start_naive(port, naive_uri, work, args.start_timeout)
             try:
-                results += measure(
-                    "naive",
-                    f"http://127.0.0.1:{port}",
-                    files,
-                    clients_list,
-                    args.duration,
-                    load,
-                    work,
-                    round_index=round_index,
-                )
+                results += run_levels("naive", f"http://127.0.0.1:{port}", round_index=round_index)
             finally:
                 server.stop()
 
