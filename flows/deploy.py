@@ -42,9 +42,9 @@ from prefect.artifacts import create_markdown_artifact
 from catdog_runtime import balancer
 from catdog_runtime.waits import api_retrying, transient_mlflow_error
 from flows import events
-from model_lib import monitoring
 from model_lib.client import metrics_window
 from model_lib.config import CHAMPION_ALIAS, MODEL_NAME, PRODUCTION_ALIAS
+from model_lib.live_evaluation import classify_folder, evaluate_outcomes
 from model_lib.rollout import (
     Evidence,
     RolloutConfig,
@@ -118,8 +118,8 @@ def read_metrics(replicas: list[balancer.Replica]) -> Window:
 def score(replica: balancer.Replica, test_images_dir: str) -> tuple[float, list[str], list[str]]:
     """test_images/ sent to this replica alone (not through the balancer):
     (accuracy, model versions that answered, labels answered)."""
-    outcomes, class_names = monitoring.classify_folder(replica.url, test_images_dir, concurrency=4)
-    result = monitoring.evaluate_outcomes(outcomes, class_names)
+    outcomes, class_names = classify_folder(replica.url, test_images_dir, concurrency=4)
+    result = evaluate_outcomes(outcomes, class_names)
     labels = sorted({o.predicted for o in outcomes if o.predicted is not None})
     return result.report["accuracy"], result.model_versions, labels
 

@@ -31,6 +31,7 @@ from model_lib.client import check_ready
 from model_lib.config import MODEL_NAME
 from model_lib.image_stats import REFERENCE_STATS_FILE
 from model_lib.inference_log import InferenceLog
+from model_lib.live_evaluation import classify_folder, evaluate_outcomes
 from model_lib.pushgateway import push_evaluation, pushgateway_url
 from model_lib.tracking import ensure_tracking_server, use_experiment
 
@@ -48,8 +49,8 @@ def check_service(service_url: str) -> None:
 
 @task
 def score_test_images(service_url: str, test_images_dir: str, concurrency: int):
-    outcomes, class_names = monitoring.classify_folder(service_url, test_images_dir, concurrency)
-    return monitoring.evaluate_outcomes(outcomes, class_names)
+    outcomes, class_names = classify_folder(service_url, test_images_dir, concurrency)
+    return evaluate_outcomes(outcomes, class_names)
 
 
 @task

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from importlib import metadata
 
 import httpx
 import mlflow
@@ -211,6 +212,15 @@ def gate_inputs(truth: np.ndarray, answers: np.ndarray) -> tuple[np.ndarray, dic
     return answers == truth, guards
 
 
+def pinned(*packages: str) -> list[str]:
+    """`package==<installed version>` for each: what loading a logged model needs.
+
+    Given to log_model, this skips MLflow's requirement inference, which loads the
+    model in a subprocess to see what it imports: the slowest part of logging a
+    model here (notes/tests.md has the measurement)."""
+    return [f"{package}=={metadata.version(package)}" for package in packages]
+
+
 def log_models(result, onnx_path, example_input: np.ndarray) -> tuple[str, str]:
     """Log the PyTorch and ONNX models of a TrainResult to the active run.
 
@@ -225,6 +235,7 @@ def log_models(result, onnx_path, example_input: np.ndarray) -> tuple[str, str]:
         result.model,
         name="pytorch_model",
         signature=signature,
+        pip_requirements=pinned("torch", "numpy"),
         input_example=example_input,
         metadata=metadata,
     )
@@ -235,6 +246,7 @@ def log_models(result, onnx_path, example_input: np.ndarray) -> tuple[str, str]:
         model,
         name="onnx_model",
         signature=signature,
+        pip_requirements=pinned("onnx", "onnxruntime", "numpy"),
         input_example=example_input,
         metadata=metadata,
         onnx_execution_providers=["CPUExecutionProvider"],

@@ -6,10 +6,9 @@ import pytest
 
 from model_lib.image_stats import STAT_COLUMNS
 from model_lib.inference_log import COLUMNS, EVALUATION_SOURCE, InferenceLog
+from model_lib.live_evaluation import Outcome, evaluate_outcomes
 from model_lib.monitoring import (
-    Outcome,
     drift_report,
-    evaluate_outcomes,
     inference_frame,
     max_neither_share,
     split_traffic,
