@@ -442,6 +442,7 @@ def worker_online(pool: str, name: str) -> bool:
 MLFLOW_ADMIN_PASSWORD_FILE = "mlflow-admin-password"  # in $CATDOG_SECRETS_DIR (scripts/env.sh)
 # A call only a logged-in user with rights on the registry gets an answer to.
 MLFLOW_AUTH_PROBE = "/api/2.0/mlflow/registered-models/search?max_results=1"
+MLFLOW_AUTH_CACHE_SECONDS = 60
 
 
 def mlflow_auth_db() -> Path:
@@ -483,7 +484,12 @@ def write_mlflow_auth_config() -> Path:
         f"database_uri = sqlite:///{value(str(mlflow_auth_db()))}\n"
         f"admin_username = {value(user)}\n"
         f"admin_password = {value(password)}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Checking a password (scrypt) is most of a small request's cost; a verified
+        # login is remembered this long. A password changed through MLflow's API is
+        # forgotten at once (with MLFLOW_WORKERS=1, the default); one changed in the
+        # database by hand counts after this delay (README, Security).
+        f"auth_cache_ttl_seconds = {MLFLOW_AUTH_CACHE_SECONDS}\n",
     )
     return path
 
