@@ -1,15 +1,18 @@
 import numpy as np
 import onnx
 
+from model_lib.efficientnet import WEIGHTS_MEAN, WEIGHTS_STD, efficientnet_lite
 from model_lib.export import export_onnx
 from model_lib.models import preprocessing_for
 from model_lib.onnx_model import OnnxClassifier
-from model_lib.preprocess import normalize
+from model_lib.preprocess import Preprocessing, normalize
 from model_lib.quantize import (
     INT8_TOLERANCE,
     NEITHER_TOLERANCE,
     calibration_inputs,
+    depthwise_convs,
     int8_acceptable,
+    mean_logits,
     quantize_int8,
 )
 
@@ -71,3 +74,41 @@ def test_nodes_named_in_float_prefixes_keep_float32_weights(tmp_path, tiny_run):
 
     assert weight_is_dequantized(())
     assert not weight_is_dequantized((last,))
+
+
+def test_float_depthwise_keeps_the_depthwise_convolutions_float32(tmp_path):
+    """An EfficientNet-Lite's depthwise convolutions (group == channels) keep float32
+    weights; its other convolutions are still quantized."""
+    prep = Preprocessing(32, WEIGHTS_MEAN, WEIGHTS_STD, ("cat", "dog"))
+    model = efficientnet_lite("efficientnet_lite0", num_classes=3, pretrained=True).eval()
+    fp32_path = export_onnx(model, tmp_path / "model.onnx", prep)
+    calibration = np.random.default_rng(0).normal(0, 1, (8, 3, 32, 32)).astype(np.float32)
+    depthwise = depthwise_convs(onnx.load(str(fp32_path)).graph)
+    assert len(depthwise) == 16  # one per MBConv block
+
+    def dequantized_weights(**options) -> dict[str, bool]:
+        path = quantize_int8(fp32_path, tmp_path / f"{len(options)}.onnx", calibration, **options)
+        graph = onnx.load(str(path)).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return {n.name: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
+
+    plain, kept = dequantized_weights(), dequantized_weights(float_depthwise=True)
+    assert all(plain.values())
+    assert not any(kept[name] for name in depthwise)
+    assert all(kept[name] for name in kept if name not in depthwise)
+
+
+def test_bias_correction_removes_the_mean_logit_shift_on_the_calibration_images(tmp_path, tiny_run):
+    data, prep = tiny_run.result.data, tiny_run.prep
+    fp32_path = export_onnx(tiny_run.result.model, tmp_path / "model.onnx", prep)
+    calibration = calibration_inputs(data.train_pixels, prep)
+    reference = mean_logits(fp32_path, calibration)
+
+    def shift(bias_correction: bool) -> np.ndarray:
+        path = tmp_path / f"{bias_correction}.onnx"
+        quantize_int8(fp32_path, path, calibration, bias_correction=bias_correction)
+        return np.abs(reference - mean_logits(path, calibration))
+
+    plain, corrected = shift(False), shift(True)
+    assert plain.max() > 1e-3  # INT8 moved the logits: there is something to correct
+    assert corrected.max() < plain.max() / 100
