@@ -7,7 +7,7 @@ variant's temperature and `neither` threshold on validation as training does
 INT8 only when it keeps validation within quantize.INT8_TOLERANCE; validation decides
 here too, test is reported.
 
-`--options` adds variants of MinMax on the first `--images` count with other
+`--options` adds variants on the first `--images` count (MinMax) with other
 quantize_int8 options (named in OPTIONS, joined by "+"), and `--speed` then times every
 file at batch 1 on one thread (as the service runs it), files alternating in rounds, so
 that a busy machine slows them alike.
@@ -30,7 +30,9 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 from bench.flip_tta import FIGURES, load_splits, logits_of
 from model_lib import data as data_lib
 from model_lib.assessment import calibrate, score
+from model_lib.config import TrainConfig
 from model_lib.onnx_model import OnnxClassifier, inference_session
+from model_lib.pipeline import load_dataset
 from model_lib.quantize import CALIBRATION_IMAGES, calibration_inputs, quantize_int8
 
 METHODS = {
@@ -45,7 +47,8 @@ LAST_STAGES = tuple(f"/blocks/blocks.{block}/" for block in range(16, 21))
 OPTIONS = {
     "float-depthwise": {"float_depthwise": True},
     "float-depthwise-last-stages": {"float_depthwise": LAST_STAGES},
-    "float-stem": {"float_prefixes": ("/stem/",)},
+    # quantize_int8 keeps the layer that reads the image float32 unless told otherwise.
+    "quantized-input-layer": {"float_input_layer": False},
     "bias-correction": {"bias_correction": True},
     "qoperator": {"quant_format": QuantFormat.QOperator},
     "symmetric": {
@@ -54,6 +57,7 @@ OPTIONS = {
     },
     "reduce-range": {"reduce_range": True},
     "pets": {"pets": True},
+    "percentile": {"method": CalibrationMethod.Percentile},
 }
 
 
@@ -66,24 +70,26 @@ def options_of(names: str) -> dict:
     return merged
 
 
-def speeds(paths: dict[str, Path], seconds: float, rounds: int) -> dict[str, float]:
-    """Median img/s of each file at batch 1 on one thread, the files alternating in rounds."""
+def speeds(paths: dict[str, Path], seconds: float, rounds: int, batch: int) -> dict[str, float]:
+    """Median img/s of each file at `batch` on one thread, the files alternating in rounds."""
     sessions = {name: inference_session(path, 1) for name, path in paths.items()}
     runs = {name: [] for name in paths}
     for _ in range(rounds):
         for name, session in sessions.items():
             size = session.get_inputs()[0].shape[-1]
-            x = np.zeros((1, 3, size, size), np.float32)
+            x = np.zeros((batch, 3, size, size), np.float32)
             session.run(None, {"image": x})
             started, calls = time.perf_counter(), 0
             while time.perf_counter() - started < seconds:
                 session.run(None, {"image": x})
                 calls += 1
-            runs[name].append(calls / (time.perf_counter() - started))
+            runs[name].append(batch * calls / (time.perf_counter() - started))
     return {name: float(np.median(r)) for name, r in runs.items()}
 
 
 def print_rows(variant: str, model: OnnxClassifier, dataset, splits, seconds: float) -> None:
+    if not splits:
+        return
     logits = {name: logits_of(model, pixels, flip=False) for name, (pixels, _) in splits.items()}
     rule = calibrate(dataset.outputs, logits["val"], splits["val"][1])
     for name, (_, labels) in splits.items():
@@ -97,7 +103,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="an exported float32 ONNX file (with its metadata)")
     parser.add_argument("--architecture", default="efficientnet_lite2")
     parser.add_argument("--image-size", type=int, default=260)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        choices=METHODS,
+        default=list(METHODS),
+        help="calibrations to try on each --images count (none: only the --options variants)",
+    )
     parser.add_argument("--images", type=int, nargs="+", default=[CALIBRATION_IMAGES, 1024])
     parser.add_argument(
         "--float-prefixes",
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         "--options",
         nargs="*",
         default=[],
-        help="also MinMax on the first --images count with these options: "
+        help="also the first --images count (MinMax unless percentile) with these options: "
         + ", ".join(OPTIONS)
         + ' (join several with "+")',
     )
@@ -118,10 +130,20 @@ def main(argv: list[str] | None = None) -> None:
         "--speed", type=float, default=0, help="seconds per file and round (0: no timing)"
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="timed batches")
+    parser.add_argument(
+        "--no-scores", action="store_true", help="only time the files (with --speed)"
+    )
     args = parser.parse_args(argv)
 
     fp32 = OnnxClassifier(args.model)
-    dataset, splits = load_splits(args.architecture, args.image_size, fp32)
+    if args.no_scores:
+        dataset, splits = (
+            load_dataset(TrainConfig(architecture=args.architecture, image_size=args.image_size)),
+            {},
+        )
+    else:
+        dataset, splits = load_splits(args.architecture, args.image_size, fp32)
     # Evenly spaced training photos, as training calibrates (never validation or test).
     step = max(1, len(dataset.train_items) // max(args.images))
     sample = dataset.train_items[::step]
@@ -155,10 +177,10 @@ def main(argv: list[str] | None = None) -> None:
                 train_pixels[chosen], fp32.preprocessing, args.images[0]
             )
             run(f"minmax, {args.images[0]} images, {names}", calibration, **options)
-        if args.speed:
-            img_s = speeds(files, args.speed, args.rounds)
-            int8 = next(iter(img_s.values())) if len(img_s) < 2 else list(img_s.values())[1]
-            print("\n| file | img/s, batch 1, 1 thread | vs float32 | vs the first INT8 |")
+        for batch in args.batch_sizes if args.speed else []:
+            img_s = speeds(files, args.speed, args.rounds, batch)
+            int8 = list(img_s.values())[min(1, len(img_s) - 1)]
+            print(f"\n| file | img/s, batch {batch}, 1 thread | vs float32 | vs the first INT8 |")
             print("| --- | --- | --- | --- |")
             for name, speed in img_s.items():
                 ratios = f"{speed / img_s['float32']:.2f} | {speed / int8:.2f}"

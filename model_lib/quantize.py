@@ -69,6 +69,7 @@ def quantize_int8(
     batch_size: int = 16,
     method: CalibrationMethod = CalibrationMethod.MinMax,
     float_prefixes: tuple[str, ...] = (),
+    float_input_layer: bool = True,
     float_depthwise: bool | tuple[str, ...] = False,
     bias_correction: bool = False,
     **static_options,
@@ -76,9 +77,10 @@ def quantize_int8(
     """Write the static INT8 (QDQ) version of `fp32_path` to `out_path`, its activation
     ranges from `calibration` by `method`; nodes whose names start with one of
     `float_prefixes` (e.g. "/head/") stay float32 (bench/int8_calibration.py compares),
-    and so do the depthwise convolutions if `float_depthwise` (True: all of them; prefixes:
-    those named so). `bias_correction` adds to the logits the mean shift (float32 minus
-    INT8) they show on `calibration`. `static_options` override quantize_static's."""
+    so do the nodes that read the image if `float_input_layer`, and so do the depthwise
+    convolutions if `float_depthwise` (True: all of them; prefixes: those named so).
+    `bias_correction` adds to the logits the mean shift (float32 minus INT8) they show on
+    `calibration`. `static_options` override quantize_static's."""
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -102,6 +104,10 @@ def quantize_int8(
             for node in graph.node
             if node.name.startswith(float_prefixes) and float_prefixes
         ]
+        if float_input_layer:
+            # The first layer's INT8 error is what cost the last-block model its accuracy;
+            # kept float, it costs little speed (notes/models.md, fourth session).
+            kept_float += [n.name for n in graph.node if graph.input[0].name in n.input]
         if float_depthwise:
             prefixes = ("",) if float_depthwise is True else float_depthwise
             kept_float += [name for name in depthwise_convs(graph) if name.startswith(prefixes)]
