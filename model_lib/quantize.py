@@ -77,8 +77,9 @@ def quantize_int8(
     """Write the static INT8 (QDQ) version of `fp32_path` to `out_path`, its activation
     ranges from `calibration` by `method`; nodes whose names start with one of
     `float_prefixes` (e.g. "/head/") stay float32 (bench/int8_calibration.py compares),
-    so do the nodes that read the image if `float_input_layer`, and so do the depthwise
-    convolutions if `float_depthwise` (True: all of them; prefixes: those named so).
+    so does the first convolution (and what leads to it) if `float_input_layer`, and so
+    do the depthwise convolutions if `float_depthwise` (True: all; prefixes: those named
+    so).
     `bias_correction` adds to the logits the mean shift (float32 minus INT8) they show on
     `calibration`. `static_options` override quantize_static's."""
 
@@ -107,7 +108,8 @@ def quantize_int8(
         if float_input_layer:
             # The first layer's INT8 error is what cost the last-block model its accuracy;
             # kept float, it costs little speed (notes/models.md, fourth session).
-            kept_float += [n.name for n in graph.node if graph.input[0].name in n.input]
+            first_conv = next(i for i, n in enumerate(graph.node) if n.op_type == "Conv")
+            kept_float += [n.name for n in graph.node[: first_conv + 1]]
         if float_depthwise:
             prefixes = ("",) if float_depthwise is True else float_depthwise
             kept_float += [name for name in depthwise_convs(graph) if name.startswith(prefixes)]

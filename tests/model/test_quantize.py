@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import numpy as np
 import onnx
+import pytest
 
 from model_lib.efficientnet import WEIGHTS_MEAN, WEIGHTS_STD, efficientnet_lite
 from model_lib.export import export_onnx
@@ -76,24 +79,42 @@ def test_nodes_named_in_float_prefixes_keep_float32_weights(tmp_path, tiny_run):
     assert not weight_is_dequantized((last,))
 
 
-def test_float_depthwise_keeps_the_depthwise_convolutions_float32(tmp_path):
-    """An EfficientNet-Lite's depthwise convolutions (group == channels) keep float32
-    weights; its other convolutions are still quantized."""
+@pytest.fixture
+def lite0_onnx(tmp_path) -> Path:
+    """EfficientNet-Lite0 (ImageNet trunk, fresh 3-output head) exported at 32 px."""
     prep = Preprocessing(32, WEIGHTS_MEAN, WEIGHTS_STD, ("cat", "dog"))
     model = efficientnet_lite("efficientnet_lite0", num_classes=3, pretrained=True).eval()
-    fp32_path = export_onnx(model, tmp_path / "model.onnx", prep)
+    return export_onnx(model, tmp_path / "model.onnx", prep)
+
+
+def dequantized_conv_weights(fp32_path: Path, out_path: Path, **options) -> dict[str, bool]:
+    """Whether each convolution of the INT8 file reads an 8-bit (dequantized) weight."""
     calibration = np.random.default_rng(0).normal(0, 1, (8, 3, 32, 32)).astype(np.float32)
-    depthwise = depthwise_convs(onnx.load(str(fp32_path)).graph)
+    graph = onnx.load(str(quantize_int8(fp32_path, out_path, calibration, **options))).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
+
+
+def test_the_layer_that_reads_the_image_stays_float32_by_default(tmp_path, lite0_onnx):
+    default = dequantized_conv_weights(lite0_onnx, tmp_path / "default.onnx")
+    first = next(iter(default))  # the graph's first convolution: the stem's
+    quantized = dequantized_conv_weights(lite0_onnx, tmp_path / "all.onnx", float_input_layer=False)
+
+    assert not default[first]
+    assert all(default[name] for name in default if name != first)
+    assert all(quantized.values())
+
+
+def test_float_depthwise_keeps_the_depthwise_convolutions_float32(tmp_path, lite0_onnx):
+    """Depthwise convolutions (group == channels) keep float32 weights; the other
+    convolutions are still quantized."""
+    depthwise = depthwise_convs(onnx.load(str(lite0_onnx)).graph)
     assert len(depthwise) == 16  # one per MBConv block
 
-    def dequantized_weights(**options) -> dict[str, bool]:
-        path = quantize_int8(fp32_path, tmp_path / f"{len(options)}.onnx", calibration, **options)
-        graph = onnx.load(str(path)).graph
-        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        return {n.name: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
+    kept = dequantized_conv_weights(
+        lite0_onnx, tmp_path / "int8.onnx", float_input_layer=False, float_depthwise=True
+    )
 
-    plain, kept = dequantized_weights(), dequantized_weights(float_depthwise=True)
-    assert all(plain.values())
     assert not any(kept[name] for name in depthwise)
     assert all(kept[name] for name in kept if name not in depthwise)
 
