@@ -42,8 +42,9 @@ METHODS = {
 }
 # EfficientNet-Lite2's last two stages (1248 and 1408 channels wide in the expansion).
 LAST_STAGES = tuple(f"/blocks/blocks.{block}/" for block in range(16, 21))
-# quantize_int8 options by name; "pets" is the bench's own: calibrate on pet photos only
-# (evenly spaced training photos include the `neither` ones by their share).
+# quantize_int8 options by name. The bench's own: "pets" calibrates on pet photos only
+# (evenly spaced training photos include the `neither` ones by their share);
+# "training-crops" on centre crops of the larger training resize, as training does.
 OPTIONS = {
     "float-depthwise": {"float_depthwise": True},
     "float-depthwise-last-stages": {"float_depthwise": LAST_STAGES},
@@ -57,6 +58,7 @@ OPTIONS = {
     },
     "reduce-range": {"reduce_range": True},
     "pets": {"pets": True},
+    "training-crops": {"training_crops": True},
     "percentile": {"method": CalibrationMethod.Percentile},
 }
 
@@ -173,9 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         for names in args.options:
             options = options_of(names)
             chosen = pets if options.pop("pets", False) else np.ones_like(pets)
-            calibration = calibration_inputs(
-                train_pixels[chosen], fp32.preprocessing, args.images[0]
-            )
+            pixels = train_pixels
+            if options.pop("training_crops", False):
+                size = round(fp32.preprocessing.image_size * data_lib.TRAIN_MARGIN)
+                pixels = data_lib.load_pixels(sample, size)
+            calibration = calibration_inputs(pixels[chosen], fp32.preprocessing, args.images[0])
             run(f"minmax, {args.images[0]} images, {names}", calibration, **options)
         for batch in args.batch_sizes if args.speed else []:
             img_s = speeds(files, args.speed, args.rounds, batch)
