@@ -1,15 +1,21 @@
+from pathlib import Path
+
 import numpy as np
 import onnx
+import pytest
 
+from model_lib.efficientnet import WEIGHTS_MEAN, WEIGHTS_STD, efficientnet_lite
 from model_lib.export import export_onnx
 from model_lib.models import preprocessing_for
 from model_lib.onnx_model import OnnxClassifier
-from model_lib.preprocess import normalize
+from model_lib.preprocess import Preprocessing, normalize
 from model_lib.quantize import (
     INT8_TOLERANCE,
     NEITHER_TOLERANCE,
     calibration_inputs,
+    depthwise_convs,
     int8_acceptable,
+    mean_logits,
     quantize_int8,
 )
 
@@ -71,3 +77,59 @@ def test_nodes_named_in_float_prefixes_keep_float32_weights(tmp_path, tiny_run):
 
     assert weight_is_dequantized(())
     assert not weight_is_dequantized((last,))
+
+
+@pytest.fixture
+def lite0_onnx(tmp_path) -> Path:
+    """EfficientNet-Lite0 (ImageNet trunk, fresh 3-output head) exported at 32 px."""
+    prep = Preprocessing(32, WEIGHTS_MEAN, WEIGHTS_STD, ("cat", "dog"))
+    model = efficientnet_lite("efficientnet_lite0", num_classes=3, pretrained=True).eval()
+    return export_onnx(model, tmp_path / "model.onnx", prep)
+
+
+def dequantized_conv_weights(fp32_path: Path, out_path: Path, **options) -> dict[str, bool]:
+    """Whether each convolution of the INT8 file reads an 8-bit (dequantized) weight."""
+    calibration = np.random.default_rng(0).normal(0, 1, (8, 3, 32, 32)).astype(np.float32)
+    graph = onnx.load(str(quantize_int8(fp32_path, out_path, calibration, **options))).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
+
+
+def test_the_layer_that_reads_the_image_stays_float32_by_default(tmp_path, lite0_onnx):
+    default = dequantized_conv_weights(lite0_onnx, tmp_path / "default.onnx")
+    first = next(iter(default))  # the graph's first convolution: the stem's
+    quantized = dequantized_conv_weights(lite0_onnx, tmp_path / "all.onnx", float_input_layer=False)
+
+    assert not default[first]
+    assert all(default[name] for name in default if name != first)
+    assert all(quantized.values())
+
+
+def test_float_depthwise_keeps_the_depthwise_convolutions_float32(tmp_path, lite0_onnx):
+    """Depthwise convolutions (group == channels) keep float32 weights; the other
+    convolutions are still quantized."""
+    depthwise = depthwise_convs(onnx.load(str(lite0_onnx)).graph)
+    assert len(depthwise) == 16  # one per MBConv block
+
+    kept = dequantized_conv_weights(
+        lite0_onnx, tmp_path / "int8.onnx", float_input_layer=False, float_depthwise=True
+    )
+
+    assert not any(kept[name] for name in depthwise)
+    assert all(kept[name] for name in kept if name not in depthwise)
+
+
+def test_bias_correction_removes_the_mean_logit_shift_on_the_calibration_images(tmp_path, tiny_run):
+    data, prep = tiny_run.result.data, tiny_run.prep
+    fp32_path = export_onnx(tiny_run.result.model, tmp_path / "model.onnx", prep)
+    calibration = calibration_inputs(data.train_pixels, prep)
+    reference = mean_logits(fp32_path, calibration)
+
+    def shift(bias_correction: bool) -> np.ndarray:
+        path = tmp_path / f"{bias_correction}.onnx"
+        quantize_int8(fp32_path, path, calibration, bias_correction=bias_correction)
+        return np.abs(reference - mean_logits(path, calibration))
+
+    plain, corrected = shift(False), shift(True)
+    assert plain.max() > 1e-3  # INT8 moved the logits: there is something to correct
+    assert corrected.max() < plain.max() / 100
