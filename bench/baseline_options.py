@@ -70,8 +70,10 @@ def run_train(config: TrainConfig) -> dict:
     }
 
 
-def step_speed(pairs, seconds: float, rounds: int, outputs: int = 3) -> dict:
-    """Training images per second for each (image_size, batch_size), per round."""
+def step_speed(pairs, seconds: float, rounds: int, outputs: int = 3) -> tuple[dict, dict]:
+    """Training images per second, and CPU seconds per image, for each (image_size,
+    batch_size), per round. On a busy machine the CPU time (with --threads 1) ranks
+    the options where wall time mostly measures the neighbours."""
     generator = torch.Generator().manual_seed(0)
     setups = {}
     for size, batch in pairs:
@@ -83,15 +85,17 @@ def step_speed(pairs, seconds: float, rounds: int, outputs: int = 3) -> dict:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         setups[(size, batch)] = (model, optimizer, BatchNormalizer(prep, generator), images, labels)
     speeds = {pair: [] for pair in pairs}
+    cpu = {pair: [] for pair in pairs}
     for _ in range(rounds):
         for pair, (model, optimizer, normalizer, images, labels) in setups.items():
             train_one_epoch(model, [(images, labels)], optimizer, None, normalizer)  # warm up
-            started, seen = time.perf_counter(), 0
+            started, cpu_started, seen = time.perf_counter(), time.process_time(), 0
             while time.perf_counter() - started < seconds:
                 train_one_epoch(model, [(images, labels)], optimizer, None, normalizer)
                 seen += len(labels)
             speeds[pair].append(seen / (time.perf_counter() - started))
-    return speeds
+            cpu[pair].append((time.process_time() - cpu_started) / seen)
+    return speeds, cpu
 
 
 def main() -> None:
@@ -111,6 +115,7 @@ def main() -> None:
     speed.add_argument("--batches", default="64", help="batch sizes, crossed with --sizes")
     speed.add_argument("--seconds", type=float, default=20.0)
     speed.add_argument("--rounds", type=int, default=3)
+    speed.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()}", flush=True)
     if args.command == "speed":
@@ -119,13 +124,17 @@ def main() -> None:
             for size in args.sizes.split(",")
             for batch in args.batches.split(",")
         ]
-        speeds = step_speed(pairs, args.seconds, args.rounds)
-        reference = np.mean(speeds[pairs[0]])
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        speeds, cpu = step_speed(pairs, args.seconds, args.rounds)
+        reference, cpu_reference = np.mean(speeds[pairs[0]]), np.median(cpu[pairs[0]])
         for pair, rates in speeds.items():
             print(
                 f"{pair[0]} px, batch {pair[1]}: {np.mean(rates):.1f} img/s "
-                f"(rounds {', '.join(f'{r:.1f}' for r in rates)}), "
-                f"time per image {reference / np.mean(rates):.2f}x of {pairs[0]}"
+                f"(rounds {', '.join(f'{r:.1f}' for r in rates)}), wall time per image "
+                f"{reference / np.mean(rates):.2f}x of {pairs[0]}; CPU ms per image "
+                f"{1000 * np.median(cpu[pair]):.1f} (median of rounds), "
+                f"{np.median(cpu[pair]) / cpu_reference:.2f}x"
             )
         return
     config = TrainConfig(
