@@ -106,7 +106,7 @@ def quantize_int8(
             if node.name.startswith(float_prefixes) and float_prefixes
         ]
         if float_input_layer:
-            # The first layer's INT8 error is what cost the last-block model its accuracy;
+            # Most of what INT8 cost the last-block model's accuracy came from this layer;
             # kept float, it costs little speed (notes/models.md, fourth session).
             first_conv = next(i for i, n in enumerate(graph.node) if n.op_type == "Conv")
             kept_float += [n.name for n in graph.node[: first_conv + 1]]
@@ -138,6 +138,7 @@ def quantize_int8(
 
 
 def mean_logits(path: str | Path, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """The ONNX file's logits on `inputs`, averaged over the images (one per output)."""
     session = inference_session(path)
     name = session.get_inputs()[0].name
     return np.concatenate(
