@@ -65,6 +65,10 @@ class Load:
     url: str
     connections: int = 16
     source: str = BENCHMARK_SOURCE  # X-Catdog-Source: not user traffic, not in the drift window
+    # Requests per second over all connections; None: each connection sends its next
+    # request as soon as the answer comes. A paced client stays under the balancer's
+    # per-client limit (CATDOG_LB_CLIENT_RATE), so every 429 it sees is a real failure.
+    rate: float | None = None
     records: list[Record] = field(default_factory=list)
 
     def __post_init__(self):
@@ -76,6 +80,7 @@ class Load:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
     async def _one(self, client: httpx.AsyncClient) -> None:
+        interval = self.connections / self.rate if self.rate else 0.0
         while not self._stop.is_set():
             name, payload = next(self._photos)
             started = time.monotonic()
@@ -90,6 +95,7 @@ class Load:
             except httpx.HTTPError as exc:
                 record = Record(started, time.monotonic(), type(exc).__name__)
             self.records.append(record)
+            await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
 
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=self.connections)

@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from bench.rollout import Load
+from catdog_runtime import services
 from tests.conftest import TEST_IMAGES
 from tests.integration.conftest import run_deployment
 
@@ -51,8 +52,11 @@ def deploy(platform, name: str, params: dict) -> dict:
 
 
 def looping_client(url: str) -> Load:
-    """Two connections posting photos through the balancer until the block ends."""
-    return Load(url, connections=2, source="rollout-test")
+    """Two connections posting photos through the balancer until the block ends, at half
+    the rate the balancer allows one client: a tiny model answers fast enough for an
+    unpaced client to be refused with 429s, which would say nothing about the rollout."""
+    allowed_per_second = services.settings().lb_client_rate / 10  # the limit is per 10 s
+    return Load(url, connections=2, source="rollout-test", rate=allowed_per_second / 2)
 
 
 def failures(load: Load) -> list:
