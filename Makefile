@@ -151,8 +151,13 @@ urls:  ## where everything is, and how to stop it
 tools:  ## Debian packages the platform and its tests run, when missing (HAProxy, PostgreSQL, Prometheus)
 	scripts/debian_packages.sh $(DEBIAN_PACKAGES)
 
-test: setup tools  ## every tier below (the integration ones start real servers)
-	.venv/bin/pytest -v --durations=25
+# Test files run on this many processes (pytest-xdist, whole files each, in the order
+# tests/conftest.py gives them; 0: one process).
+TEST_PROCESSES ?= 2
+PARALLEL = -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
+
+test: setup tools  ## every tier below (the integration ones start real servers), on TEST_PROCESSES processes
+	.venv/bin/pytest -v --durations=25 $(PARALLEL)
 
 test-unit: $(VENV_STAMP)  ## pure: no data, no processes, no network, no installs (passes before `make data`)
 	.venv/bin/pytest tests/unit
@@ -164,7 +169,7 @@ test-model: $(VENV_STAMP)  ## train, export and quantize small models (weights c
 	.venv/bin/pytest tests/model
 
 test-integration: $(VENV_STAMP) tools  ## real MLflow, Prefect and BentoML servers over HTTP (minutes)
-	.venv/bin/pytest tests/integration
+	.venv/bin/pytest $(PARALLEL) tests/integration
 
 lint: $(VENV_STAMP)  ## ruff lint + format check, and the layer contracts ([tool.importlinter])
 	.venv/bin/ruff check .

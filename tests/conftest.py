@@ -21,11 +21,36 @@ OTHER_IMAGES = ROOT / "other_images"  # photos that are neither a cat nor a dog
 TIERS = ("unit", "data", "model", "integration")
 
 
+# `make test` hands whole files to two processes (pytest-xdist, --dist loadfile) in
+# collection order. The longest files (notes/tests.md has the per-file times) go first
+# and the quick tiers last, so that no long file starts when the other process is
+# nearly done and leaves it idle.
+LONGEST_FILES = (
+    "integration/test_rollout.py",
+    "integration/test_loop.py",
+    "integration/test_scale_platform.py",
+    "integration/test_evaluate_flow.py",
+    "integration/test_rollout_faults.py",
+    "integration/test_auth_mlflow.py",
+)
+TIERS_LONGEST_FIRST = ("integration", "model", "data", "unit")
+
+
+def start_order(item) -> tuple[int, int]:
+    path = Path(item.fspath).relative_to(ROOT / "tests")
+    if path.as_posix() in LONGEST_FILES:
+        return (LONGEST_FILES.index(path.as_posix()), 0)
+    tier = path.parts[0]
+    rank = TIERS_LONGEST_FIRST.index(tier) if tier in TIERS_LONGEST_FIRST else 0
+    return (len(LONGEST_FILES), rank)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         tier = Path(item.fspath).relative_to(ROOT / "tests").parts[0]
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+    items.sort(key=start_order)  # stable: a file's tests keep their order
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from filelock import FileLock
+
 from catdog_runtime.processes import BIN, ROOT, Server, free_port, run
 
 MLFLOW_VERSION = "42"  # the version the test store's metadata claims
@@ -34,8 +36,15 @@ def train_temporary_model(out: Path) -> Path:
     text = "".join((ROOT / p).read_text() for p in MODEL_INPUTS) + json.dumps(TEMPORARY_CONFIG)
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     cached = ROOT / ".run" / "test-cache" / f"service-baseline-{key}.onnx"
-    if cached.is_file():
-        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    # Both test processes (pytest-xdist) may ask at once: one trains, the other waits.
+    with FileLock(f"{cached}.lock"):
+        if not cached.is_file():
+            train_into(cached, out)
+    return cached
+
+
+def train_into(cached: Path, out: Path) -> None:
     code = f"""
 import sys
 from model_lib.config import TrainConfig
@@ -47,9 +56,7 @@ export(train(config), sys.argv[2])
     partial = out / "model.onnx"
     folders = [str(ROOT / "data"), str(partial), str(ROOT / "other_images")]
     run([sys.executable, "-c", code, *folders], env(), timeout=1200)
-    cached.parent.mkdir(parents=True, exist_ok=True)
     partial.replace(cached)
-    return cached
 
 
 SAVE_TO_STORE = """
