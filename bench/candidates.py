@@ -10,7 +10,6 @@ packaged like any other, so the service code is the same for every candidate.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from model_lib import packaging
@@ -62,14 +61,9 @@ def build_candidate(
     client = MlflowClient()
     base = client.get_model_version(model_name, base_version)
     folder = work_dir / f"candidate-from-v{base_version}"
-    folder.mkdir(parents=True, exist_ok=True)
-    mlflow.artifacts.download_artifacts(
-        f"models:/{model_name}/{base_version}", dst_path=str(folder / "model")
-    )
-    shutil.move(folder / "model" / "model.onnx", folder / "model.onnx")
-    mlflow.artifacts.download_artifacts(
-        run_id=base.run_id, artifact_path=packaging.REFERENCE_STATS_FILE, dst_path=str(folder)
-    )
+    # The file `package` ships for the base version (its INT8 one when training logged
+    # it): a good candidate must answer exactly as the base version serves.
+    precision = packaging.download_model_file(client, base, folder)
     if constant_label is not None:
         names = OnnxClassifier(folder / "model.onnx").class_names
         make_constant(folder / "model.onnx", names.index(constant_label), len(names))
@@ -90,7 +84,7 @@ def build_candidate(
         run.info.run_id,
         base.tags.get("val_accuracy", ""),
         folder,
-        "float32",
+        precision,
     )
     model_tag = packaging.save_to_bento_store(candidate)
     client.set_model_version_tag(model_name, created.version, "bentoml_model", model_tag)
@@ -102,7 +96,7 @@ def build_candidate(
         model_name,
         created.version,
         run.info.run_id,
-        {"float32": file_sha256(folder / "model.onnx")},
+        {precision: file_sha256(folder / "model.onnx")},
     )
     return str(created.version), bento_tag
 

@@ -65,21 +65,7 @@ def resolve_champion(
             f"{model_name} v{version} is not the champion (v{champion.version} is); only the "
             "champion is packaged. Leave `version` empty to package the champion."
         )
-    download_to.mkdir(parents=True, exist_ok=True)
-    mlflow.artifacts.download_artifacts(
-        f"models:/{model_name}/{champion.version}", dst_path=str(download_to / "model")
-    )
-    mlflow.artifacts.download_artifacts(
-        run_id=champion.run_id, artifact_path=REFERENCE_STATS_FILE, dst_path=str(download_to)
-    )
-    shutil.move(download_to / "model" / "model.onnx", download_to / "model.onnx")
-    if precision == "int8" and _has_artifact(client, champion.run_id, INT8_ARTIFACT_PATH):
-        int8 = mlflow.artifacts.download_artifacts(
-            run_id=champion.run_id, artifact_path=INT8_ARTIFACT_PATH, dst_path=str(download_to)
-        )
-        shutil.move(int8, download_to / "model.onnx")
-    else:
-        precision = "float32"
+    precision = download_model_file(client, champion, download_to, precision)
     # Only the very file training registered is shipped (ModelIntegrityError otherwise).
     verify_sha256(client, champion, precision, download_to / "model.onnx")
     return Champion(
@@ -90,6 +76,27 @@ def resolve_champion(
         download_to,
         precision,
     )
+
+
+def download_model_file(client, version, download_to: Path, precision: str = "int8") -> str:
+    """Model version `version`'s ONNX file into download_to/model.onnx, with its drift
+    reference beside it: the run's INT8 file when `precision` is "int8" and training
+    logged one, the float32 file otherwise. Returns the precision of the file."""
+    download_to.mkdir(parents=True, exist_ok=True)
+    mlflow.artifacts.download_artifacts(
+        f"models:/{version.name}/{version.version}", dst_path=str(download_to / "model")
+    )
+    mlflow.artifacts.download_artifacts(
+        run_id=version.run_id, artifact_path=REFERENCE_STATS_FILE, dst_path=str(download_to)
+    )
+    shutil.move(download_to / "model" / "model.onnx", download_to / "model.onnx")
+    if precision == "int8" and _has_artifact(client, version.run_id, INT8_ARTIFACT_PATH):
+        int8 = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=INT8_ARTIFACT_PATH, dst_path=str(download_to)
+        )
+        shutil.move(int8, download_to / "model.onnx")
+        return "int8"
+    return "float32"
 
 
 def _has_artifact(client, run_id: str, path: str) -> bool:
