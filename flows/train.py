@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as prefect_flow_run
 
 from flows import events
 from model_lib import data as data_lib
@@ -101,6 +102,8 @@ def start_run(config: TrainConfig, dataset: pipeline.Dataset, report_path: Path,
                     Path(config.data_dir).with_suffix(".dvc")
                 ),
                 "git_commit": git_commit(),
+                # Which Prefect flow run this is, to go from either UI to the other.
+                "prefect_flow_run_id": str(prefect_flow_run.id),
                 "val_split_fingerprint": data_lib.split_fingerprint(dataset.val_items),
                 "test_split_fingerprint": data_lib.split_fingerprint(dataset.test_items),
                 **{

@@ -91,10 +91,13 @@ def pause_schedules(platform, deployment: str) -> None:
 @pytest.fixture(scope="session")
 def trained(platform):
     """One real `train/baseline` run on a slice of the photos: (MlflowClient, run)."""
-    run_deployment(platform, "train/baseline", {"config": SMALL_TRAINING})
+    flow_run = run_deployment(platform, "train/baseline", {"config": SMALL_TRAINING})
     client = MlflowClient(platform["mlflow_uri"])
     experiment = client.get_experiment_by_name("catdog-training")
-    (first,) = client.search_runs([experiment.experiment_id])
+    # Found by the flow run that logged it: other modules may have trained before.
+    (first,) = client.search_runs(
+        [experiment.experiment_id], f"tags.prefect_flow_run_id = '{flow_run['id']}'"
+    )
     return client, first
 
 

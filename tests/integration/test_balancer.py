@@ -12,8 +12,10 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import psutil
@@ -65,9 +67,19 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 
 
 @pytest.fixture
-def lb(tmp_path, monkeypatch, request):
+def short_tmp_path():
+    """A temp folder with a short path: HAProxy refuses a stats socket path longer than 97
+    characters, which pytest's own temp paths (popen-gwN/<test name>N/...) can pass."""
+    folder = Path(tempfile.mkdtemp(prefix="catdog-lb-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def lb(short_tmp_path, monkeypatch, request):
     if shutil.which("haproxy") is None and not os.path.exists(services.haproxy_binary()):
         pytest.fail("haproxy is not installed: `apt-get install -y haproxy` (make serve does it)")
+    tmp_path = short_tmp_path
     monkeypatch.setenv("CATDOG_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("BENTO_PORT", str(free_port()))
     monkeypatch.setenv("CATDOG_PLATFORM_PORT", str(free_port()))
