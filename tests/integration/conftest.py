@@ -106,15 +106,18 @@ def served_champion(platform, trained):
     """`package/champion` through the worker, then `bentoml serve` of the packaged model."""
     run_deployment(platform, "package/champion", {})
     port = free_port()
+    # Its own inference log: the drift tests start from an empty one, whatever traffic
+    # other modules sent through the platform's replicas before.
+    inference_log = str(platform["state"] / "served-champion-inference.sqlite")
     server = Server(
         "bentoml",
         [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)],
         platform["state"] / "bentoml.log",
-        platform["env"],
+        {**platform["env"], "CATDOG_INFERENCE_LOG": inference_log},
     )
     try:
         server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=600)
-        yield {"url": f"http://127.0.0.1:{port}", "server": server}
+        yield {"url": f"http://127.0.0.1:{port}", "server": server, "inference_log": inference_log}
     finally:
         server.stop()
 

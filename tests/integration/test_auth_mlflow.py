@@ -128,17 +128,21 @@ def test_package_refuses_a_model_file_changed_in_the_artifact_store(platform, tr
     champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
     recorded = champion.tags[SHA256_KEYS["float32"]]
     artifacts = Path(platform["state"]) / "mlflow" / "artifacts"
-    (stored,) = [p for p in artifacts.rglob("model.onnx") if file_sha256(p) == recorded]
-    original = stored.read_bytes()
-    swapped = onnx.load_from_string(original)
+    # Every copy: a rollout candidate made from the champion holds the same bytes.
+    stored = [p for p in artifacts.rglob("model.onnx") if file_sha256(p) == recorded]
+    assert stored, f"no file with the recorded sha256 {recorded} under {artifacts}"
+    originals = {path: path.read_bytes() for path in stored}
+    swapped = onnx.load_from_string(originals[stored[0]])
     swapped.doc_string = "not the model training registered"
     try:
-        onnx.save(swapped, str(stored))  # a valid ONNX file, another one
+        for path in stored:
+            onnx.save(swapped, str(path))  # a valid ONNX file, another one
         flow_run = run_deployment(
             platform, "package/champion", {"precision": "float32"}, check=False
         )
     finally:
-        stored.write_bytes(original)  # later tests package this champion
+        for path, original in originals.items():
+            path.write_bytes(original)  # later tests package this champion
     assert flow_run["state"]["type"] == "FAILED"
     message = flow_run["state"]["message"]
     assert "changed after registration" in message and recorded in message, message

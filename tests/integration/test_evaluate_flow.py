@@ -26,12 +26,12 @@ from tests.integration.conftest import events_named, prefect_api, run_deployment
 LENIENT = {"min_accuracy": 0.0, "min_requests": 40, "window_minutes": 60}
 
 
-def evaluate(platform, url: str, **params) -> dict:
-    """Run evaluate/scheduled; return the flow run (state type and message)."""
+def evaluate(platform, served: dict, **params) -> dict:
+    """Run evaluate/scheduled on the traffic `served` logged; return the flow run (state
+    type and message)."""
+    params = {"service_url": served["url"], "inference_log": served["inference_log"], **params}
     # Failed runs are outcomes these tests check: the state, not the exit code, says which.
-    return run_deployment(
-        platform, "evaluate/scheduled", {"service_url": url, **params}, check=False
-    )
+    return run_deployment(platform, "evaluate/scheduled", params, check=False)
 
 
 def monitoring_runs(platform):
@@ -70,7 +70,8 @@ def test_packaging_a_non_champion_is_refused(platform, trained):
 
 
 def test_service_down_fails_with_a_clear_message(platform, trained):
-    flow_run = evaluate(platform, f"http://127.0.0.1:{free_port()}", **LENIENT)
+    nothing = {"url": f"http://127.0.0.1:{free_port()}", "inference_log": None}
+    flow_run = evaluate(platform, nothing, **LENIENT)
     assert flow_run["state"]["type"] == "FAILED"
     assert "is unreachable" in flow_run["state"]["message"]
     assert "make serve" in flow_run["state"]["message"]
@@ -101,15 +102,16 @@ def drift_story(platform, served_champion):
     photos, then of 150 darkened pet photos: (flow run, latest monitoring run) for
     each, and the traffic sent."""
     url, story = served_champion["url"], {}
-    story["empty"] = evaluate(platform, url, **LENIENT), monitoring_runs(platform)[1][0]
+    served = served_champion
+    story["empty"] = evaluate(platform, served, **LENIENT), monitoring_runs(platform)[1][0]
     # The whole test set: a slice of it (60 photos were mostly cats) moved the colour
     # statistics of a small reference to the edge of the drift threshold.
     story["unshifted_traffic"] = send_traffic(url, TEST_IMAGES, UNSHIFTED)
-    story["unshifted"] = evaluate(platform, url, **LENIENT), monitoring_runs(platform)[1][0]
+    story["unshifted"] = evaluate(platform, served, **LENIENT), monitoring_runs(platform)[1][0]
     story["non_pet_traffic"] = non_pet_wave(url)
-    story["non_pet"] = evaluate(platform, url, **LENIENT), monitoring_runs(platform)[1][0]
+    story["non_pet"] = evaluate(platform, served, **LENIENT), monitoring_runs(platform)[1][0]
     story["darker_traffic"] = send_traffic(url, TEST_IMAGES, 150, shift="darker")
-    story["darker"] = evaluate(platform, url, **LENIENT), monitoring_runs(platform)[1][0]
+    story["darker"] = evaluate(platform, served, **LENIENT), monitoring_runs(platform)[1][0]
     return story
 
 
@@ -197,7 +199,7 @@ def test_darkened_traffic_is_detected_and_fails_the_flow(platform, drift_story):
 
 
 def test_accuracy_below_threshold_fails_the_flow(platform, served_champion):
-    flow_run = evaluate(platform, served_champion["url"], **{**LENIENT, "min_accuracy": 0.999})
+    flow_run = evaluate(platform, served_champion, **{**LENIENT, "min_accuracy": 0.999})
     assert flow_run["state"]["type"] == "FAILED"
     assert "is below 0.999" in flow_run["state"]["message"]
 
