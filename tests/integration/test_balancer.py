@@ -29,6 +29,10 @@ import http.server, sys
 POSTS = [0]
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Buffered: each answer leaves in one write, so a replica killed mid-load either
+    # held the request unanswered (which HAProxy replays) or had answered it whole. A
+    # response cut between its headers and its body cannot be replayed by anyone.
+    wbufsize = 1 << 16
     def answer(self):
         body = sys.argv[1].encode()
         self.send_response(200)
