@@ -108,7 +108,7 @@ export PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_FO
 export PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS:-60}
 export PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS=${PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS:-60}
 # The worker asks for runs to start every 2 s instead of Prefect's 10, so a run
-# created by a person, a schedule or an automation starts within about 2 s; the cost
+# created by a person, a schedule or an automation is picked up within 2 s; the cost
 # is one small query every 2 s.
 export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-2}
 # The scheduler's fast loop for just-created deployments (default 5 s).
