@@ -30,7 +30,6 @@ LONGEST_FILES = (
     "integration/test_loop.py",
     "integration/test_scale_platform.py",
     "integration/test_evaluate_flow.py",
-    "integration/test_rollout_faults.py",
     "integration/test_auth_mlflow.py",
 )
 TIERS_LONGEST_FIRST = ("integration", "model", "data", "unit")

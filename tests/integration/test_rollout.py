@@ -1,15 +1,28 @@
 """Canary rollouts behind a real HAProxy, through the real Prefect worker.
 
-One story, in file order: the champion goes live (first deployment); a good
-candidate (the same weights registered as a new version) is promoted; a broken
-one (its model answers "cat" whatever the photo) is rolled back automatically;
-`deploy/rollback` puts the previous version back. Throughout each change a
-client loops through the balancer, and must see nothing but 200s.
+One story, in file order, on one champion trained, packaged and rolled out once:
+the champion goes live (first deployment); a good candidate (the same weights
+registered as a new version) is promoted; a broken one (its model answers "cat"
+whatever the photo) is rolled back automatically; `deploy/rollback` puts the
+previous version back. Throughout each change a client loops through the
+balancer, and must see nothing but 200s.
+
+Then the faults: a rollout SIGKILLed between the balancer switch and the
+`production` alias move leaves HAProxy serving the candidate while `production`
+still names the version before it. The next deploy run (what `make serve`
+starts) reconciles first: the production version serves again, the candidate's
+replicas are retired, its `promoting` outcome becomes `interrupted`, and the
+run's log says so; a run after that finds nothing to fix. Last, `make down` and
+`make up` alone bring back what `production` names.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -17,6 +30,8 @@ from mlflow import MlflowClient
 
 from bench.rollout import Load
 from catdog_runtime import services
+from catdog_runtime.processes import ROOT, run
+from flows.deploy import KILL_AT_ENV
 from tests.conftest import TEST_IMAGES
 from tests.integration.conftest import run_deployment
 
@@ -214,3 +229,100 @@ def test_a_new_replica_count_for_what_serves_resizes_the_fleet_without_a_failed_
         assert len(fleet) == count and {r.bento_tag for r in fleet} == {bento_tag}
         assert all(row["status"] == "UP" for row in balancer.server_stats().values())
     assert [r.port for r in balancer.load()] == [r.port for r in serving]
+
+
+# The deploy flow run in a process of its own (not through the worker), so that the
+# kill point reaches it and it alone: what a SIGKILL of the worker's flow run does.
+KILLED_ROLLOUT = """
+import json, sys
+from flows.deploy import rollout
+from model_lib.rollout import RolloutConfig
+rollout(bento_tag=sys.argv[1], config=RolloutConfig(**json.loads(sys.argv[2])))
+"""
+
+
+def make_serve(platform) -> str:
+    """`make serve`: deploy/rollout through the worker with no bento (the champion's);
+    the output, the run's log lines included."""
+    args = [sys.executable, "-m", "catdog_runtime.run_deployment", "deploy/rollout"]
+    args += ["--params", json.dumps({"replicas": None})]
+    result = run(args, platform["env"], timeout=1800, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def killed_candidate(platform, live, tmp_path_factory):
+    """A good candidate (the production weights as a new version) and its bento;
+    deleted afterwards, as the rollout benchmark deletes its own."""
+    from bench.candidates import build_candidate, remove_candidate
+
+    os.environ["MLFLOW_TRACKING_URI"] = platform["mlflow_uri"]
+    work = tmp_path_factory.mktemp("fault-candidate")
+    version, bento_tag = build_candidate(MODEL, production(live), work)
+    yield version, bento_tag
+    remove_candidate(MODEL, version)
+
+
+def test_a_rollout_killed_before_the_alias_move_is_reconciled_by_make_serve(
+    platform, live, killed_candidate
+):
+    from catdog_runtime import balancer
+
+    client, url = live["client"], live["url"]
+    before = production(live)
+    stable = balancer.load()
+    stable_bento = {r.bento_tag for r in stable}
+    version, bento_tag = killed_candidate
+
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_ROLLOUT, bento_tag, json.dumps(CONFIG)],
+        cwd=ROOT,
+        env={**platform["env"], KILL_AT_ENV: "switched"},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+
+    # Killed after the switch: traffic and registry disagree.
+    assert {r.bento_tag for r in balancer.load()} == {bento_tag}
+    assert answering_versions(url) == {version}
+    assert production(live) == before
+    tags = client.get_model_version(MODEL, version).tags
+    assert tags["rollout_outcome"] == "promoting"
+    assert tags["previous_production_version"] == before  # written before traffic moved
+
+    output = make_serve(platform)
+    # As many replicas as the fleet had (the tests above leave two).
+    started = f"reconcile: start {len(stable)} replica(s) of {stable_bento.pop()}"
+    assert started in output, output[-4000:]
+    assert "reconcile: retire replica r" in output
+    assert f"v{version} rollout_outcome promoting -> interrupted" in output
+    assert answering_versions(url) == {before}
+    assert production(live) == before
+    assert client.get_model_version(MODEL, version).tags["rollout_outcome"] == "interrupted"
+    assert set(balancer.running_replicas().values()) == {r.bento_tag for r in balancer.load()}
+    assert bento_tag not in balancer.running_replicas().values()
+
+    assert "reconcile: nothing to fix" in make_serve(platform)
+
+
+def test_make_up_after_make_down_serves_production_again(platform, live):
+    """What a restart of the machine does to the platform: everything stops, the run
+    folder stays; `make up` alone (no rollout) brings back what `production` names."""
+    from catdog_runtime.waits import http_ok
+    from tests.integration.platform import services_cli
+
+    url = live["url"]
+    before = production(live)
+    stopped = services_cli(platform["env"], "down", timeout=300)
+    assert stopped.returncode == 0, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert not http_ok(f"{url}/readyz")
+
+    started = services_cli(platform["env"], "up")
+    output = started.stdout + started.stderr
+    assert started.returncode == 0, output[-4000:]
+    assert "reconcile: nothing to fix" in output, output[-4000:]
+    assert answering_versions(url) == {before}
