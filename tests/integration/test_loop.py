@@ -47,11 +47,12 @@ def dvc(*args, cwd):
 
 @pytest.fixture(scope="module")
 def loop(platform):
-    """The switch for the tests of this module; the loop is off again afterwards.
+    """The switch for the tests of this module; the loop is off again afterwards (it
+    starts off: the session's platform is deployed with CATDOG_LOOP=off, and no other
+    module turns it on).
 
     With CATDOG_LOOP_SCREENSHOTS=<folder>, the UI's automations page is
     screenshot first, for the README."""
-    set_loop(platform, False)
     yield lambda enabled: set_loop(platform, enabled)
     set_pool_paused(platform, False)
     if folder := os.environ.get("CATDOG_LOOP_SCREENSHOTS"):
