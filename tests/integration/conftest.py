@@ -29,8 +29,14 @@ def platform(tmp_path_factory, real_data):
     # The loop starts OFF: other tests emit real alarms and promotions, which must not
     # start retrainings on the shared worker; test_loop.py turns it on for itself. An
     # automatic rollout waits an hour (the approval window) so a test sees it scheduled.
+    # Replicas run one worker process, not one per core: these tests judge rollouts and
+    # evaluations, not throughput, and each process imports the service again at start.
     env = platform_env(
-        state, CATDOG_LOOP="off", CATDOG_RETRAIN_COOLDOWN="PT6H", CATDOG_ROLLOUT_DELAY="PT1H"
+        state,
+        CATDOG_LOOP="off",
+        CATDOG_RETRAIN_COOLDOWN="PT6H",
+        CATDOG_ROLLOUT_DELAY="PT1H",
+        CATDOG_WORKERS="1",
     )
     try:
         started = services_cli(env, "up")
