@@ -86,13 +86,11 @@ traffic: $(VENV_STAMP)  ## send test photos to the service (SHIFT=darker|blurred
 evaluate: $(VENV_STAMP)  ## run the evaluation flow now (it also runs every 15 min)
 	$(RUN) evaluate/scheduled
 
-loop-on: $(VENV_STAMP)  ## turn the closed loop on: every automation of prefect.yaml enabled (re-deploys)
-	$(ENV) mkdir -p "$$CATDOG_RUN_DIR" && echo on > "$$CATDOG_RUN_DIR/loop" && \
-	  CATDOG_LOOP_ENABLED=true prefect --no-prompt deploy --all
+loop-on: $(VENV_STAMP)  ## turn the closed loop on: every automation of prefect.yaml enabled (kept across make deploy)
+	$(ENV) python -m catdog_runtime.loop on
 
 loop-off: $(VENV_STAMP)  ## turn the closed loop off: no automation fires (stays off across make deploy)
-	$(ENV) mkdir -p "$$CATDOG_RUN_DIR" && echo off > "$$CATDOG_RUN_DIR/loop" && \
-	  CATDOG_LOOP_ENABLED=false prefect --no-prompt deploy --all
+	$(ENV) python -m catdog_runtime.loop off
 
 loop-status: $(VENV_STAMP)  ## the loop's automations and whether they are enabled
 	$(ENV) prefect automation ls

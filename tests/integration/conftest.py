@@ -159,12 +159,8 @@ def model_onnx(tmp_path_factory, real_data):
 
 
 def set_loop(platform, enabled: bool) -> None:
-    """The switch as `make loop-on` / `make loop-off` flips it: re-deploy with
-    CATDOG_LOOP_ENABLED, which sets `enabled` on every trigger."""
-    env = {**platform["env"], "CATDOG_LOOP_ENABLED": "true" if enabled else "false"}
-    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
-    # A deploy re-activates the cron schedule the `platform` fixture paused.
-    pause_schedules(platform, "evaluate/scheduled")
+    """The switch as `make loop-on` / `make loop-off` flips it."""
+    python_cli(platform, "-m", "catdog_runtime.loop", "on" if enabled else "off")
 
 
 def loop_automations(platform) -> dict[str, dict]:

@@ -76,3 +76,12 @@ def test_retraining_has_a_cool_down_and_runs_one_at_a_time(monkeypatch):
     (transfer,) = [d for d in project["deployments"] if d["name"] == "transfer"]
     assert retrain["parameters"]["config"] == transfer["parameters"]["config"]
     assert transfer["parameters"]["config"]["architecture"] == "efficientnet_lite2"
+
+
+def test_the_switch_names_every_automation_the_deployments_own(monkeypatch):
+    from catdog_runtime.loop import loop_automation_names
+
+    triggers = rendered_triggers(monkeypatch, "true")
+    declared = {t.name for ts in triggers.values() for t in ts}
+    assert loop_automation_names() == sorted(declared)
+    assert len(declared) == 4
