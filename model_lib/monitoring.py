@@ -16,8 +16,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from evidently import DataDefinition, Dataset, Report
-from evidently.presets import DataDriftPreset
 
 from model_lib.decision import NEITHER
 from model_lib.image_stats import STAT_COLUMNS
@@ -87,6 +85,12 @@ def drift_report(
     `drift_share` of the 11 columns drift: a darker or greyscale stream moves
     4-7 of them, chance alone rarely moves more than one at p < 0.05.
     """
+    # Imported here, not at the top: Evidently is the slowest import of the
+    # evaluation flow, and an evaluation that stops before drift (service down,
+    # too few requests answered cat or dog) never needs it.
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
     columns = list(STAT_COLUMNS)
     definition = DataDefinition(numerical_columns=columns)
     report = Report(
