@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"postgresql / sqlite read time: {medians['postgresql'] / medians['sqlite']:.2f}x")
 
-        from model_lib.monitoring import drift_report
+        from model_lib.drift import drift_report
 
         reference = frame[list(STAT_COLUMNS)].sample(n=min(500, len(frame)), random_state=0)
         started = time.perf_counter()

@@ -73,7 +73,11 @@ def recent_inferences(log_path: str, window_minutes: int) -> pd.DataFrame:
 
 @task
 def compare_with_reference(reference, current, html_path: Path, drift_share: float):
-    return monitoring.drift_report(reference, current, html_path, drift_share=drift_share)
+    # Imported here: Evidently is this flow's slowest import, and a run that stops
+    # before drift (or `prefect deploy` reading the flow) never needs it.
+    from model_lib.drift import drift_report
+
+    return drift_report(reference, current, html_path, drift_share=drift_share)
 
 
 @flow(name="evaluate")

@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from model_lib.data import discover_images, split
+from model_lib.drift import drift_report
 from model_lib.image_stats import STAT_COLUMNS, image_statistics
-from model_lib.monitoring import drift_report
 from model_lib.preprocess import decode_image
 from model_lib.traffic import apply_shift
 from tests.conftest import DATA

@@ -4,15 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from model_lib.drift import drift_report
 from model_lib.image_stats import STAT_COLUMNS
 from model_lib.inference_log import COLUMNS, EVALUATION_SOURCE, InferenceLog
 from model_lib.live_evaluation import Outcome, evaluate_outcomes
-from model_lib.monitoring import (
-    drift_report,
-    inference_frame,
-    max_neither_share,
-    split_traffic,
-)
+from model_lib.monitoring import inference_frame, max_neither_share, split_traffic
 
 
 def test_failed_requests_count_as_wrong():
