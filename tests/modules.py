@@ -15,17 +15,22 @@ TORCH_FREE = set(MODEL_LIB) - set(LAYERS)
 
 PROBE = """
 import importlib, json, sys
-importlib.import_module(sys.argv[1])
+for module in sys.argv[1:]:
+    importlib.import_module(module)
 files = sorted(getattr(m, "__file__", None) or "" for m in list(sys.modules.values()))
 print(json.dumps({"torch": "torch" in sys.modules, "pandas": "pandas" in sys.modules,
                   "files": files}))
 """
 
 
-def probe(module: str) -> dict:
-    """Import `module` alone in a fresh interpreter; what did it load?"""
+def probe(*modules: str) -> dict:
+    """Import `modules` in a fresh interpreter; what did they load?"""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, module], cwd=ROOT, capture_output=True, text=True, timeout=900
+        [sys.executable, "-c", PROBE, *modules],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
-    assert result.returncode == 0, f"import {module} failed:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"import {' '.join(modules)} failed:\n{result.stderr[-3000:]}"
     return json.loads(result.stdout.splitlines()[-1])

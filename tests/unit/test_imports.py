@@ -1,7 +1,7 @@
 """The shape of the code: model_lib imports one way, at module top. (The layers between
-packages: import-linter's contracts in pyproject.toml, run by `make lint`. Each module
-imported alone, in its own interpreter, and the service without torch or pandas:
-tests/model/test_module_isolation.py.)"""
+packages: import-linter's contracts in pyproject.toml, run by `make lint`. The torch-free
+modules and the service imported for real, without torch (and the service without
+pandas): tests/model/test_module_isolation.py.)"""
 
 from __future__ import annotations
 
@@ -52,6 +52,19 @@ def test_model_lib_has_no_import_cycle_and_imports_only_at_module_top():
         assert not above, f"{layer} imports {above}, which sit above it"
     for name in TORCH_FREE:
         assert not graph[name] & set(LAYERS), f"{name} imports the training stack"
+
+
+def test_each_module_of_the_training_stack_is_there_because_it_imports_torch():
+    """LAYERS is the list of torch users: each imports torch or a module below it."""
+    for index, layer in enumerate(LAYERS):
+        tree = ast.parse((ROOT / "model_lib" / f"{layer}.py").read_text())
+        imports_torch = any(
+            (isinstance(node, ast.Import) and any(a.name == "torch" for a in node.names))
+            or (isinstance(node, ast.ImportFrom) and node.module == "torch")
+            for node in tree.body
+        )
+        below = set(LAYERS[:index]) & model_lib_imports(layer)[0]
+        assert imports_torch or below, f"{layer} uses no torch: move it to the torch-free part"
 
 
 def top_level_names(path) -> set[str]:
