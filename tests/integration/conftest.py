@@ -19,7 +19,7 @@ from catdog_runtime.prefect_api import PrefectAPI
 from catdog_runtime.processes import BIN, Server, free_port, run
 from catdog_runtime.waits import poll
 from tests.integration.platform import log_into_mlflow, platform_env, services_cli
-from tests.integration.service_runner import train_temporary_model
+from tests.integration.service_runner import save_to_store, train_temporary_model
 
 
 @pytest.fixture(scope="session")
@@ -156,6 +156,16 @@ def latest_flow_run(platform, flow_name: str) -> dict:
 def model_onnx(tmp_path_factory, real_data):
     """A small real baseline (cached under .run/test-cache) for the service tests."""
     return train_temporary_model(tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.fixture(scope="session")
+def model_store(model_onnx, tmp_path_factory):
+    """A BentoML store (its state folder) holding that model, saved once: for the tests
+    that start their own `bentoml serve` with other settings and judge its answers, not
+    its inference log (the servers started on it share one)."""
+    state = tmp_path_factory.mktemp("model-store")
+    save_to_store(model_onnx, state)
+    return state
 
 
 def set_loop(platform, enabled: bool) -> None:

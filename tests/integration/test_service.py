@@ -264,10 +264,9 @@ def test_a_photo_of_something_else_is_answered_neither(served, reference, refuse
     assert [r["label"] for r in rows] == ["neither"] * 5
 
 
-def test_the_threshold_setting_overrides_the_model_s(model_onnx, reference, refused, tmp_path):
+def test_the_threshold_setting_overrides_the_model_s(model_store, reference, refused):
     """CATDOG_NEITHER_THRESHOLD=0: never `neither`; the answer says which threshold held."""
-    save_to_store(model_onnx, tmp_path)
-    with serving(tmp_path, CATDOG_NEITHER_THRESHOLD="0") as service:
+    with serving(model_store, CATDOG_NEITHER_THRESHOLD="0") as service:
         for path in refused[:2]:
             body = post_image(service.url, path.read_bytes()).json()
             assert body["label"] in ("cat", "dog") and body["threshold"] == 0.0

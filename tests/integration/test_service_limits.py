@@ -1,6 +1,7 @@
-"""The service's failure paths and limits over HTTP, each on its own `bentoml serve`:
-JSON 500, failed warm-up, in-flight 503s (requests and bytes), queue 503, a client
-that disconnects mid-upload, and bounded memory under many large concurrent uploads."""
+"""The service's failure paths and limits over HTTP, each on a `bentoml serve` with the
+settings it tests: JSON 500, failed warm-up, in-flight 503s (requests and bytes), queue
+503, a client that disconnects mid-upload, and bounded memory under many large
+concurrent uploads."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from PIL import Image
 from catdog_runtime.waits import poll
 from model_lib.client import metric_samples, metric_total
 from tests.conftest import TEST_IMAGES
-from tests.integration.service_runner import save_to_store, serving
+from tests.integration.service_runner import serving
 
 FAULTY = "tests.integration.faulty_service:CatDogClassifier"
 MiB = 1024 * 1024
@@ -45,16 +46,12 @@ def log_events(server, event: str) -> list[dict]:
     return [json.loads(x) for x in lines if f'"event":"{event}"' in x]
 
 
-@pytest.fixture
-def store(model_onnx, tmp_path):
-    save_to_store(model_onnx, tmp_path)
-    return tmp_path
-
-
-def test_a_model_failure_is_a_json_500_and_the_service_goes_on(store):
+def test_a_model_failure_is_a_json_500_and_the_service_goes_on(model_store):
     flat = io.BytesIO()
     Image.new("RGB", (64, 64), (90, 90, 90)).save(flat, "PNG")
-    with serving(store, target=FAULTY, TEST_MODEL_FAULT="flat", CATDOG_WORKERS="1") as service:
+    with serving(
+        model_store, target=FAULTY, TEST_MODEL_FAULT="flat", CATDOG_WORKERS="1"
+    ) as service:
         response = post(service.url, flat.getvalue(), headers={"X-Request-ID": "boom-1"})
         body = assert_json_error(response, 500, "internal_error")
         assert "boom-1" in body["detail"] and "injected" not in body["detail"]  # no internals
@@ -65,9 +62,9 @@ def test_a_model_failure_is_a_json_500_and_the_service_goes_on(store):
         assert metric_total(samples, "catdog_rejected_requests_total", reason="internal_error") == 1
 
 
-def test_a_failed_warm_up_leaves_the_service_unready_and_saying_why(store):
+def test_a_failed_warm_up_leaves_the_service_unready_and_saying_why(model_store):
     env = {"TEST_MODEL_FAULT": "always", "CATDOG_WORKERS": "1"}
-    with serving(store, target=FAULTY, ready="/livez", **env) as service:
+    with serving(model_store, target=FAULTY, ready="/livez", **env) as service:
         assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 503
         body = assert_json_error(post(service.url, PHOTO.read_bytes()), 503, "model_unavailable")
         assert "failed its warm-up call" in body["detail"] and "injected" in body["detail"]
@@ -90,12 +87,13 @@ async def stalled_upload(client: httpx.AsyncClient, url: str, release: asyncio.E
     return await client.post(f"{url}/classify", content=chunks(), headers=headers)
 
 
-@pytest.fixture
-def limited(store):
-    """One worker, room for 3 uploads in flight or 32 MiB of them."""
+@pytest.fixture(scope="module")
+def limited(model_store):
+    """One worker, room for 3 uploads in flight or 32 MiB of them (each test using it
+    leaves every slot free again, and checks so)."""
     settings = {"CATDOG_WORKERS": "1", "CATDOG_MAX_IN_FLIGHT": "3"}
     settings["CATDOG_MAX_IN_FLIGHT_BYTES"] = str(32 * MiB)
-    with serving(store, **settings) as service:
+    with serving(model_store, **settings) as service:
         yield service
 
 
@@ -143,10 +141,10 @@ def test_a_client_that_disconnects_mid_upload_frees_its_slot(limited):
     assert post(limited.url, PHOTO.read_bytes()).status_code == 200
 
 
-def test_the_model_queue_beyond_its_bound_is_a_json_503(store):
+def test_the_model_queue_beyond_its_bound_is_a_json_503(model_store):
     settings = {"CATDOG_WORKERS": "1", "CATDOG_BATCH_WORKERS": "1", "CATDOG_MAX_BATCH_SIZE": "1"}
     settings |= {"CATDOG_MAX_QUEUE": "1", "TEST_MODEL_DELAY": "0.5"}
-    with serving(store, target=FAULTY, **settings) as service:
+    with serving(model_store, target=FAULTY, **settings) as service:
 
         async def burst():
             async with httpx.AsyncClient(timeout=60) as client:
@@ -192,9 +190,9 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def test_many_large_uploads_keep_memory_bounded_and_the_service_answering(store):
+def test_many_large_uploads_keep_memory_bounded_and_the_service_answering(model_store):
     settings = {"CATDOG_WORKERS": "1", "CATDOG_MAX_IN_FLIGHT_BYTES": str(BUDGET)}
-    with serving(store, **settings) as service:
+    with serving(model_store, **settings) as service:
         pid = service.server.process.pid
         assert post(service.url, PHOTO.read_bytes()).status_code == 200
         baseline = tree_rss(pid)

@@ -16,7 +16,7 @@ import pytest
 from catdog_runtime.hostile import OVER_PIXEL_LIMIT, decompression_tricks, trickle
 from catdog_runtime.processes import RssSampler
 from tests.conftest import TEST_IMAGES
-from tests.integration.service_runner import save_to_store, serving
+from tests.integration.service_runner import serving
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -36,14 +36,12 @@ def hostile() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def service(model_onnx, tmp_path_factory):
+def service(model_store):
     """Two workers and every memory limit at its default. Waiting for decode room
     is raised from 10 s to 60 s: on this shared 2-core machine a burst of 64 can
     take longer than 10 s to decode, and this test is about memory, not time."""
-    state = tmp_path_factory.mktemp("memory")
-    save_to_store(model_onnx, state)
     settings = {"CATDOG_WORKERS": "2", "CATDOG_DECODE_WAIT_SECONDS": "60"}
-    with serving(state, **settings) as running:
+    with serving(model_store, **settings) as running:
         yield running
 
 
@@ -123,10 +121,9 @@ def test_decompression_tricks_keep_every_worker_under_its_budget_with_no_5xx(ser
     assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
 
 
-def test_a_trickling_upload_gets_a_408_while_good_requests_are_answered(model_onnx, tmp_path):
-    save_to_store(model_onnx, tmp_path)
+def test_a_trickling_upload_gets_a_408_while_good_requests_are_answered(model_store):
     settings = {"CATDOG_WORKERS": "1", "CATDOG_UPLOAD_TIMEOUT_SECONDS": "4"}
-    with serving(tmp_path, **settings) as running:
+    with serving(model_store, **settings) as running:
         results = []
 
         def slow():
