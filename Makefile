@@ -22,10 +22,10 @@ help:  ## list targets
 all: setup up  ## the main job, end to end (see README)
 	@# The steps below train, package and roll out the first models themselves: the loop's
 	@# automations stay off meanwhile (they would package and roll out each one again),
-	@# and are switched on by the last deploy (unless `make loop-off` said otherwise).
+	@# and are switched on at the end (unless `make loop-off` said otherwise).
 	CATDOG_LOOP=off $(MAKE) --no-print-directory deploy
 	$(MAKE) --no-print-directory train train-transfer package serve
-	$(MAKE) --no-print-directory deploy
+	$(ENV) python -m catdog_runtime.loop $$([ "$$CATDOG_LOOP_ENABLED" = true ] && echo on || echo off)
 	$(ENV) python -m catdog_runtime.traffic --count 60
 	@$(MAKE) --no-print-directory urls
 
