@@ -537,11 +537,14 @@ def up() -> None:
     write_mlflow_auth_config()
     for name in ("mlflow", "prefect-server"):
         start(platform[name])  # both start at once; their cold starts overlap
-    for name in ("prefect-server", "mlflow"):
-        wait_healthy(platform[name])
-    check_mlflow_login(platform["mlflow"])
-    for worker in (s for s in platform.values() if s.name.startswith("worker")):
+    wait_healthy(platform["prefect-server"])
+    # The workers need only Prefect: they start while MLflow is still starting.
+    workers = [s for s in platform.values() if s.name.startswith("worker")]
+    for worker in workers:
         start(worker)
+    wait_healthy(platform["mlflow"])
+    check_mlflow_login(platform["mlflow"])
+    for worker in workers:
         argv = json.loads(worker.pid_file.read_text())["argv"]  # the running worker's own
         pool, name = argv[argv.index("--pool") + 1], argv[argv.index("--name") + 1]
         wait_for_service(
