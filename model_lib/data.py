@@ -243,8 +243,10 @@ def _hash_and_decode(item: LabeledImage) -> tuple[str, str | None]:
     try:
         decode_image(data)
     except ImageRejected as exc:
-        return content_hash(data), str(exc)
-    return content_hash(data), None
+        error = str(exc)
+    else:
+        error = None
+    return content_hash(data), error
 
 
 def validate_images(
