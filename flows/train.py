@@ -48,6 +48,7 @@ from model_lib.tracking import (
     register_and_gate,
     use_experiment,
 )
+from model_lib.training import precision_used
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second")
 # The error grid shows the first this many wrongly answered test photos.
@@ -102,6 +103,8 @@ def start_run(config: TrainConfig, dataset: pipeline.Dataset, report_path: Path,
                     Path(config.data_dir).with_suffix(".dvc")
                 ),
                 "git_commit": git_commit(),
+                # What training_precision became on this CPU (bf16-mixed needs native bfloat16).
+                "training_precision_used": precision_used(config.training_precision),
                 # Which Prefect flow run this is, to go from either UI to the other.
                 "prefect_flow_run_id": str(prefect_flow_run.id),
                 "val_split_fingerprint": data_lib.split_fingerprint(dataset.val_items),

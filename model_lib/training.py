@@ -8,6 +8,8 @@ augmentation runs on those tensors each epoch. Both fits (this one and
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 
@@ -20,6 +22,25 @@ from model_lib.data import PreparedData
 from model_lib.preprocess import Preprocessing
 
 ProgressFn = Callable[[dict], None]
+
+log = logging.getLogger(__name__)
+
+
+def precision_used(requested: str) -> str:
+    """The training precision this CPU runs: "bf16-mixed" needs native bfloat16
+    (oneDNN's check: AVX512-BF16 or AMX), else it would be slower than float32."""
+    if requested == "bf16-mixed" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("this CPU has no native bfloat16: training in float32 (32-true) instead")
+        return "32-true"
+    return requested
+
+
+def forward_context(precision: str):
+    """Where a training step's forward pass runs: bfloat16 autocast for "bf16-mixed"
+    (convolutions and matmuls in bfloat16, parameters and gradients float32)."""
+    if precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def set_seed(seed: int) -> None:
@@ -93,13 +114,16 @@ class BatchNormalizer:
         return (scaled - self.mean) / self.std
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, normalizer, on_batch=None) -> dict:
+def train_one_epoch(
+    model, loader, optimizer, scheduler, normalizer, on_batch=None, precision: str = "32-true"
+) -> dict:
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     for images, labels in loader:
-        logits = model(normalizer(images))
+        with forward_context(precision):
+            logits = model(normalizer(images)).float()
         loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -190,12 +214,15 @@ def fit_from_scratch(config: TrainConfig, model, data: PreparedData, prep, on_pr
     )
     normalizer = BatchNormalizer(prep, generator)
     images, labels = pixel_tensors(data.train_pixels, data.train_labels)
+    precision = precision_used(config.training_precision)
     history, result = [], None
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         on_batch = batch_reporter(on_progress, epoch, config.epochs, steps)
         loader = batches(images, labels, config.batch_size, generator)
-        train_stats = train_one_epoch(model, loader, optimizer, scheduler, normalizer, on_batch)
+        train_stats = train_one_epoch(
+            model, loader, optimizer, scheduler, normalizer, on_batch, precision
+        )
         result = evaluate(model, data.val_inputs, data.val_labels, data.pet_classes)
         record_epoch(history, epoch, train_stats, result, started, on_progress)
     return history

@@ -26,6 +26,7 @@ from model_lib.training import (
     batches,
     evaluate,
     pixel_tensors,
+    precision_used,
     record_epoch,
     steps_per_epoch,
     train_one_epoch,
@@ -136,6 +137,7 @@ def fit_transfer(
     )
 
     train = pixel_tensors(data.train_pixels, data.train_labels)
+    precision = precision_used(config.training_precision)  # of the tail; the trunk is ONNX
     views: list[tuple[torch.Tensor, torch.Tensor]] = []
     val_features, history = None, []
     for epoch in range(1, config.epochs + 1):
@@ -147,7 +149,7 @@ def fit_transfer(
             loader = batches(*views[(epoch - 1) % len(views)], config.batch_size, generator)
         on_batch = batch_reporter(on_progress, epoch, config.epochs, steps)
         train_stats = train_one_epoch(
-            tail, loader, optimizer, scheduler, lambda f: f.float(), on_batch
+            tail, loader, optimizer, scheduler, lambda f: f.float(), on_batch, precision
         )
         if epoch <= FRESH_VIEWS:
             views.append((torch.cat([f for f, _ in cache]), torch.cat([y for _, y in cache])))

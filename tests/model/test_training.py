@@ -8,11 +8,18 @@ from model_lib.models import build_model, preprocessing_for
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.pipeline import export
 from model_lib.preprocess import normalize
-from model_lib.training import BatchNormalizer, batches, steps_per_epoch, train_one_epoch
+from model_lib.training import (
+    BatchNormalizer,
+    batches,
+    precision_used,
+    steps_per_epoch,
+    train_one_epoch,
+)
 from tests.images import write_dataset
 
 
-def test_train_one_epoch_lowers_the_loss_on_a_fixed_batch():
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_train_one_epoch_lowers_the_loss_on_a_fixed_batch(precision):
     torch.manual_seed(0)
     model = build_model("baseline_cnn", 2)
     prep = preprocessing_for("baseline_cnn", 64, ("cat", "dog"))
@@ -21,10 +28,21 @@ def test_train_one_epoch_lowers_the_loss_on_a_fixed_batch():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     normalizer = BatchNormalizer(prep)  # no generator: no augmentation, the same inputs
     losses = [
-        train_one_epoch(model, [(images, labels)], optimizer, None, normalizer)["train_loss"]
+        train_one_epoch(model, [(images, labels)], optimizer, None, normalizer, None, precision)[
+            "train_loss"
+        ]
         for _ in range(5)
     ]
     assert losses[-1] < losses[0]
+    # Mixed precision computes in bfloat16 but keeps float32 weights (what gets exported).
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_bf16_falls_back_to_float32_where_the_cpu_has_no_native_bfloat16(monkeypatch, caplog):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert precision_used("bf16-mixed") == "32-true"
+    assert "no native bfloat16" in caplog.text
+    assert precision_used("32-true") == "32-true"
 
 
 @pytest.mark.parametrize("count", [1, 5, 8, 9, 12, 16, 17, 100])

@@ -14,6 +14,7 @@ from model_lib.config import TrainConfig
         ({"val_percent": 60, "test_percent": 40}, "val_percent"),
         ({"data_fraction": 0}, "data_fraction"),
         ({"epochs": 0}, "epochs"),
+        ({"training_precision": "fp16"}, "training_precision"),
     ],
 )
 def test_a_config_that_cannot_train_is_refused_with_the_field_named(fields, named):
