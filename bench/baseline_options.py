@@ -79,7 +79,7 @@ def step_speed(pairs, seconds: float, rounds: int, outputs: int = 3) -> tuple[di
     for size, batch in pairs:
         prep = preprocessing_for("baseline_cnn", size, ("cat", "dog"))
         model = build_model("baseline_cnn", outputs)
-        stored = round(size * 8 / 7)  # data.TRAIN_MARGIN
+        stored = prep.resize_size
         images = torch.randint(0, 256, (batch, 3, stored, stored), dtype=torch.uint8)
         labels = torch.randint(0, outputs, (batch,))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

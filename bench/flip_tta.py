@@ -48,11 +48,10 @@ def logits_of(model: OnnxClassifier, pixels: np.ndarray, flip: bool) -> np.ndarr
 
 def load_splits(architecture: str, image_size: int, model: OnnxClassifier):
     """The dataset as training splits it, and the validation and test photos
-    (uint8 pixels at the model's input size, labels)."""
+    (uint8 pixels through the model's eval transform, labels)."""
     dataset = load_dataset(TrainConfig(architecture=architecture, image_size=image_size))
-    size = model.preprocessing.image_size
     splits = {
-        name: (data_lib.load_pixels(items, size), data_lib.labels_of(items))
+        name: (data_lib.load_eval_pixels(items, model.preprocessing), data_lib.labels_of(items))
         for name, items in (("val", dataset.val_items), ("test", dataset.test_items))
     }
     return dataset, splits

@@ -33,6 +33,7 @@ from model_lib.assessment import calibrate, score
 from model_lib.config import TrainConfig
 from model_lib.onnx_model import OnnxClassifier, inference_session
 from model_lib.pipeline import load_dataset
+from model_lib.preprocess import TRAINING_CROP_PCT
 from model_lib.quantize import CALIBRATION_IMAGES, calibration_inputs, quantize_int8
 
 METHODS = {
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     # Evenly spaced training photos, as training calibrates (never validation or test).
     step = max(1, len(dataset.train_items) // max(args.images))
     sample = dataset.train_items[::step]
-    train_pixels = data_lib.load_pixels(sample, fp32.preprocessing.image_size)
+    train_pixels = data_lib.load_eval_pixels(sample, fp32.preprocessing)
     train_labels = data_lib.labels_of(sample)
     print("| variant | split | " + " | ".join(FIGURES) + " | quantize s |")
     print("| --- | --- | " + " | ".join("---" for _ in FIGURES) + " | --- |")
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             chosen = pets if options.pop("pets", False) else np.ones_like(pets)
             pixels = train_pixels
             if options.pop("training_crops", False):
-                size = round(fp32.preprocessing.image_size * data_lib.TRAIN_MARGIN)
+                size = round(fp32.preprocessing.image_size / TRAINING_CROP_PCT)
                 pixels = data_lib.load_pixels(sample, size)
             calibration = calibration_inputs(pixels[chosen], fp32.preprocessing, args.images[0])
             run(f"minmax, {args.images[0]} images, {names}", calibration, **options)

@@ -164,7 +164,7 @@ class CatDogClassifier:
         started, loop = time.perf_counter(), asyncio.get_running_loop()
         prep = self.classifier.preprocessing
         header = await loop.run_in_executor(
-            self.decode_pool, read_header, payload, SETTINGS.max_pixels, prep.image_size
+            self.decode_pool, read_header, payload, SETTINGS.max_pixels, prep.resize_size
         )
         async with self.decoding.reserve(header.cost):
             image, model_input = await loop.run_in_executor(

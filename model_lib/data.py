@@ -16,7 +16,14 @@ import numpy as np
 from PIL import Image
 
 from model_lib.files import atomic_write_text
-from model_lib.preprocess import ImageRejected, Preprocessing, decode_image, normalize, resize
+from model_lib.preprocess import (
+    ImageRejected,
+    Preprocessing,
+    decode_image,
+    eval_pixels,
+    normalize,
+    resize,
+)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 
@@ -313,17 +320,22 @@ def dvc_data_version(dvc_file: str | Path = "data.dvc") -> str:
     return "unknown"
 
 
-# Training images are stored this much larger (256 px for 224), so that a
-# random crop of the model's size is a cheap zoom and shift (training.augment).
-TRAIN_MARGIN = 8 / 7
-
-
 def load_pixels(items: list[LabeledImage], image_size: int, progress=None) -> np.ndarray:
     """Decode and resize every image once: uint8 array (N, S, S, 3)."""
-    pixels = np.empty((len(items), image_size, image_size, 3), np.uint8)
+    return _load_each(items, image_size, lambda image: resize(image, image_size), progress)
+
+
+def load_eval_pixels(items: list[LabeledImage], prep: Preprocessing, progress=None):
+    """Every image through the eval transform (resize, centre crop), before
+    normalising: uint8 array (N, S, S, 3), what the service feeds the model."""
+    return _load_each(items, prep.image_size, lambda image: eval_pixels(image, prep), progress)
+
+
+def _load_each(items, size: int, transform, progress) -> np.ndarray:
+    pixels = np.empty((len(items), size, size, 3), np.uint8)
 
     def load(index: int) -> None:
-        pixels[index] = resize(decode_image(items[index].path.read_bytes()), image_size)
+        pixels[index] = transform(decode_image(items[index].path.read_bytes()))
 
     for _ in map_photos(load, range(len(items)), progress):
         pass
@@ -339,7 +351,7 @@ class PreparedData:
     """The splits in memory. Labels index the model's outputs: the pet classes, then
     `neither` (photos that are neither sit after the pets in every split)."""
 
-    train_pixels: np.ndarray  # uint8 NHWC, resized to image_size * TRAIN_MARGIN
+    train_pixels: np.ndarray  # uint8 NHWC at prep.resize_size (random crops: training.augment)
     train_labels: np.ndarray
     val_inputs: np.ndarray  # float32 NCHW, the eval transform's output
     val_labels: np.ndarray
@@ -353,15 +365,15 @@ class PreparedData:
 
 def prepare_data(train_items, val_items, test_items, prep: Preprocessing, progress=None):
     """All three splits in memory; validation and test input is what the service computes."""
-    train_pixels = load_pixels(train_items, round(prep.image_size * TRAIN_MARGIN), progress)
-    val_pixels = load_pixels(val_items, prep.image_size, progress)
+    train_pixels = load_pixels(train_items, prep.resize_size, progress)
+    val_pixels = load_eval_pixels(val_items, prep, progress)
     return PreparedData(
         train_pixels=train_pixels,
         train_labels=labels_of(train_items),
-        # Same arithmetic as preprocess.to_model_input (resize then normalize), batched.
+        # Same arithmetic as preprocess.to_model_input (resize, crop, normalize), batched.
         val_inputs=normalize(val_pixels, prep),
         val_labels=labels_of(val_items),
-        test_pixels=load_pixels(test_items, prep.image_size, progress),
+        test_pixels=load_eval_pixels(test_items, prep, progress),
         test_labels=labels_of(test_items),
         pet_classes=len(prep.class_names),
     )

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from model_lib.efficientnet import VARIANTS, WEIGHTS_MEAN, WEIGHTS_STD, efficientnet_lite
-from model_lib.preprocess import Preprocessing
+from model_lib.preprocess import TRAINING_CROP_PCT, Preprocessing
 
 # Conventional ImageNet statistics; the scratch CNN could use anything, these
 # keep inputs near zero mean / unit variance on natural photos.
@@ -74,7 +74,9 @@ def preprocessing_for(architecture: str, image_size: int, class_names) -> Prepro
         mean, std = WEIGHTS_MEAN, WEIGHTS_STD
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return Preprocessing(image_size, tuple(mean), tuple(std), tuple(class_names))
+    return Preprocessing(
+        image_size, tuple(mean), tuple(std), tuple(class_names), crop_pct=TRAINING_CROP_PCT
+    )
 
 
 def build_model(architecture: str, num_classes: int) -> nn.Module:

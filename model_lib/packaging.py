@@ -123,6 +123,7 @@ def save_to_bento_store(champion: Champion) -> str:
             "val_accuracy": champion.val_accuracy,  # of the float32 model, as registered
             "precision": champion.precision,
             "image_size": prep.image_size,
+            "crop_pct": prep.crop_pct,
             "mean": list(prep.mean),
             "std": list(prep.std),
             # The model's outputs (the pet classes, then `neither`) and its decision

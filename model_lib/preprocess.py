@@ -28,16 +28,37 @@ DEFAULT_MAX_PIXELS = 16_000_000
 _ONE_BYTE_MODES = frozenset({"1", "L", "P"})
 _TWO_BYTE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _STRIP_PIXELS = 1 << 20  # the 16-bit path converts 1 M pixels (8 MB as float64) at a time
+# Training stores photos 8/7 larger than the model's input (256 px for 224) and takes
+# random crops of the input size, a cheap zoom and shift; the eval transform keeps
+# the same share of the photo (ImageNet's usual resize 256, centre crop 224).
+TRAINING_CROP_PCT = 7 / 8
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Everything needed to turn a decoded image into model input."""
+    """Everything needed to turn a decoded image into model input.
+
+    The eval transform resizes to `resize_size` and keeps the centre `image_size`
+    square (timm's `crop_pct`): training takes random `image_size` crops of photos
+    stored at `resize_size`, so the centre crop shows the model a pet at the scale
+    it trained on. A file exported before `crop_pct` existed resizes straight to
+    `image_size` (crop_pct 1), as it was validated.
+    """
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     class_names: tuple[str, ...]
+    crop_pct: float = 1.0
+
+    def __post_init__(self):
+        if not 0.5 <= self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be within [0.5, 1], got {self.crop_pct}")
+
+    @property
+    def resize_size(self) -> int:
+        """The square size a photo is resized to before the centre crop."""
+        return round(self.image_size / self.crop_pct)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -50,6 +71,7 @@ class Preprocessing:
             mean=tuple(float(v) for v in raw["mean"]),
             std=tuple(float(v) for v in raw["std"]),
             class_names=tuple(raw["class_names"]),
+            crop_pct=float(raw.get("crop_pct", 1.0)),
         )
 
 
@@ -280,14 +302,26 @@ def normalize(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return out
 
 
+def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
+    """The centre `size` square of uint8 HWC (or NHWC) pixels (a view)."""
+    top = (pixels.shape[-3] - size) // 2
+    left = (pixels.shape[-2] - size) // 2
+    return pixels[..., top : top + size, left : left + size, :]
+
+
+def eval_pixels(image: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """The deterministic eval transform before normalising: uint8 (S, S, 3)."""
+    return center_crop(resize(image, prep.resize_size), prep.image_size)
+
+
 def to_model_input(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     """The deterministic eval transform: RGB image -> float32 (3, S, S)."""
-    return normalize(resize(image, prep.image_size), prep)
+    return normalize(eval_pixels(image, prep), prep)
 
 
 def prepare(data: bytes, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Uploaded bytes -> (RGB image, model input), or ImageRejected."""
-    return prepare_header(read_header(data, max_pixels, prep.image_size), prep)
+    return prepare_header(read_header(data, max_pixels, prep.resize_size), prep)
 
 
 def prepare_header(header: Header, prep: Preprocessing):

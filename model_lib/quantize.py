@@ -25,7 +25,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from model_lib.onnx_model import inference_session
-from model_lib.preprocess import Preprocessing, normalize
+from model_lib.preprocess import Preprocessing, center_crop, normalize
 
 # The INT8 model ships only if it loses at most this much pet accuracy on validation
 # (0.2 points: issue #20), and at most NEITHER_TOLERANCE of the unseen kinds it
@@ -41,11 +41,7 @@ def calibration_inputs(
 ) -> np.ndarray:
     """Evenly spaced training images, centre-cropped to the model size and normalised."""
     step = max(1, len(train_pixels) // count)
-    sample = train_pixels[::step][:count]
-    size = prep.image_size
-    top = (sample.shape[1] - size) // 2
-    left = (sample.shape[2] - size) // 2
-    return normalize(sample[:, top : top + size, left : left + size], prep)
+    return normalize(center_crop(train_pixels[::step][:count], prep.image_size), prep)
 
 
 def depthwise_convs(graph: onnx.GraphProto) -> list[str]:

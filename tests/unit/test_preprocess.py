@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from model_lib.preprocess import (
+    TRAINING_CROP_PCT,
     ImageRejected,
     Preprocessing,
     decode,
@@ -105,6 +106,38 @@ def test_model_input_is_normalised_chw():
 
 def test_preprocessing_round_trips_through_json():
     assert Preprocessing.from_json(PREP.to_json()) == PREP
+    cropped = Preprocessing(260, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), ("cat", "dog"), 7 / 8)
+    assert Preprocessing.from_json(cropped.to_json()) == cropped
+    assert cropped.resize_size == 297
+
+
+def test_a_file_exported_before_crop_pct_resizes_straight_to_the_input_size():
+    old = '{"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], '
+    old += '"class_names": ["cat", "dog"]}'
+    prep = Preprocessing.from_json(old)
+    assert prep.crop_pct == 1.0 and prep.resize_size == 64
+
+
+@pytest.mark.parametrize("crop_pct", [0.4, 1.2])
+def test_a_crop_outside_half_to_all_of_the_photo_is_refused(crop_pct):
+    with pytest.raises(ValueError, match="crop_pct"):
+        Preprocessing(64, (0.5,) * 3, (0.25,) * 3, ("cat", "dog"), crop_pct)
+
+
+def test_the_eval_crop_keeps_the_centre_share_of_the_photo_and_drops_the_border():
+    # A blue photo framed by a red border 1/32 of its side wide: the centre 7/8
+    # (training's share, preprocess.TRAINING_CROP_PCT) holds blue only.
+    photo = np.zeros((160, 160, 3), np.uint8)
+    photo[..., 0] = 255
+    photo[5:155, 5:155] = (0, 0, 255)
+    image = Image.fromarray(photo)
+    cropped = Preprocessing(64, (0.0,) * 3, (1 / 255,) * 3, ("cat", "dog"), TRAINING_CROP_PCT)
+    whole = Preprocessing(64, (0.0,) * 3, (1 / 255,) * 3, ("cat", "dog"))
+    red_in_cropped = to_model_input(image, cropped)[0]
+    red_in_whole = to_model_input(image, whole)[0]
+    assert red_in_cropped.shape == red_in_whole.shape == (64, 64)
+    assert red_in_whole[0, 0] == 255 and red_in_whole[32, 32] == 0
+    assert red_in_cropped.max() == 0
 
 
 # ------------------------------------------------ decoded size from the header
