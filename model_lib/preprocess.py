@@ -328,7 +328,7 @@ def prepare_header(header: Header, prep: Preprocessing):
     """What `read_header` opened -> (RGB image, model input). A service reads the
     header first to reserve `header.cost` bytes, then calls this.
 
-    Large images (at least 4x the model's input on a side) are decoded reduced to
+    Large images (at least 4x the model's resize_size on a side) are decoded reduced to
     at least 2x it before the same bilinear resize: the model input of every photo
     under that size (all of data/ and test_images/) is bit-identical to
     `to_model_input(decode_image(data))`, and of a larger one close to it."""
