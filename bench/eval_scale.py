@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,6 @@ from model_lib.assessment import calibrate, score
 from model_lib.config import TrainConfig
 from model_lib.onnx_model import OnnxClassifier
 from model_lib.pipeline import load_dataset
-from model_lib.preprocess import center_crop
 
 
 def any_input_size(model_path: str, folder: Path) -> Path:
@@ -47,10 +47,12 @@ def any_input_size(model_path: str, folder: Path) -> Path:
     return path
 
 
-def transformed(items, resize_to: int, crop: int | None) -> np.ndarray:
-    """uint8 NHWC photos resized to `resize_to` (and centre-cropped to `crop`)."""
-    pixels = data_lib.load_pixels(items, resize_to)
-    return np.ascontiguousarray(center_crop(pixels, crop)) if crop else pixels
+def transformed(items, prep, resize_to: int, crop: int | None) -> np.ndarray:
+    """uint8 NHWC photos resized to `resize_to` (and centre-cropped to `crop`), by the
+    service's own eval transform with that resize and crop."""
+    size = crop or resize_to
+    variant = replace(prep, image_size=size, crop_pct=size / resize_to)
+    return data_lib.load_eval_pixels(items, variant)
 
 
 def parse_variant(text: str, input_size: int) -> tuple[int, int | None]:
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         for text, (resize_to, crop) in zip(args.variants, variants, strict=True):
             logits, seconds = {}, {}
             for name, items in splits.items():
-                pixels = transformed(items, resize_to, crop)
+                pixels = transformed(items, exported.preprocessing, resize_to, crop)
                 started = time.perf_counter()
                 logits[name] = logits_of(model, pixels, flip=False)
                 seconds[name] = time.perf_counter() - started
