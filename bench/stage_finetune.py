@@ -56,11 +56,14 @@ CUT = 21 - max(VARIANTS.values())  # Lite2 has 21 MBConv blocks
 THREADS = 2  # the machine is shared: at most two threads, for torch and ONNX Runtime alike
 
 
-def cut_activations(config: TrainConfig, cut: int, cache_dir: Path | None) -> dict:
-    """Activations after the first `cut` blocks (float16): FRESH_VIEWS augmented views of
+def cut_activations(
+    config: TrainConfig, cut: int, cache_dir: Path | None, views: int = FRESH_VIEWS
+) -> dict:
+    """Activations after the first `cut` blocks (float16): `views` augmented views of
     the training split, then validation and test; with the labels and the pass's seconds."""
+    suffix = "" if views == FRESH_VIEWS else f"_views{views}"
     path = (
-        cache_dir / f"lite2_cut{cut}_seed{config.seed}_{config.data_fraction}.npz"
+        cache_dir / f"lite2_cut{cut}_seed{config.seed}_{config.data_fraction}{suffix}.npz"
         if cache_dir
         else None
     )
@@ -75,7 +78,7 @@ def cut_activations(config: TrainConfig, cut: int, cache_dir: Path | None) -> di
     images, _ = pixel_tensors(data.train_pixels, data.train_labels)
     started = time.perf_counter()
     out = {}
-    for view in range(FRESH_VIEWS):
+    for view in range(views):
         chunks = [
             backbone(augment(images[start : start + config.batch_size])).half().numpy()
             for start in range(0, len(images), config.batch_size)

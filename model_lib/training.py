@@ -115,10 +115,17 @@ class BatchNormalizer:
 
 
 def train_one_epoch(
-    model, loader, optimizer, scheduler, normalizer, on_batch=None, precision: str = "32-true"
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    normalizer,
+    on_batch=None,
+    precision: str = "32-true",
+    label_smoothing: float = 0.0,
 ) -> dict:
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     for images, labels in loader:

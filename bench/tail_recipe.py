@@ -1,0 +1,182 @@
+"""What does the transfer fit's recipe buy, at the same serving cost?
+
+The `transfer` deployment trains Lite2's last MBConv block, head conv and classifier
+(`trained_blocks: 1`) for 5 epochs: 2 fresh augmented views through the frozen trunk,
+then replays of them. Each recipe below changes one thing, on the same cached views
+(the trunk up to block 20 runs once per view through ONNX Runtime, as fit_transfer's
+backbone), the same optimizer, one-cycle schedule, learning rates and bf16-mixed tail:
+
+- `default`: as the deployment;
+- `epochs8`: 8 epochs (3 more replays, about 31 s each in the flow);
+- `swa`: the tail's weights averaged over the ends of epochs 3-5 (free at serving;
+  batch-norm statistics are frozen in this fit, so the average needs no BN update);
+- `smooth`: label smoothing 0.1;
+- `views3`: a third fresh view as epoch 3 (in the flow, one more trunk pass: about
+  200 s).
+
+Each recipe then gets its temperature and `neither` threshold fitted on validation
+(model_lib.assessment) on its float32 PyTorch logits. Validation decides; test is
+reported only. Several `--seeds` change the initial classifier, dropout and batch
+order (the cached views stay those of the first seed), which says how much of a
+difference is noise.
+
+    python -m bench.tail_recipe [--recipes default,swa] [--seeds 42,43] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.stage_finetune import FIGURES, THREADS, cut_activations, logits_of
+from model_lib.assessment import calibrate, score
+from model_lib.config import TrainConfig
+from model_lib.efficientnet import efficientnet_lite
+from model_lib.training import batches, evaluate, steps_per_epoch, train_one_epoch
+from model_lib.transfer import PRETRAINED_LR_FACTOR, _TrainableTail
+
+LITE2_BLOCKS = 21
+TRAINED_BLOCKS = 1  # as the `transfer` deployment
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 5
+    views: int = 2
+    average_from: int = 0  # average the weights of epochs >= this (0: the last epoch's)
+    label_smoothing: float = 0.0
+
+
+RECIPES = {
+    "default": Recipe(),
+    "epochs8": Recipe(epochs=8),
+    "swa": Recipe(average_from=3),
+    "smooth": Recipe(label_smoothing=0.1),
+    "views3": Recipe(views=3),
+}
+
+
+def fit_recipe(recipe: Recipe, seed: int, cached: dict, config: TrainConfig) -> dict:
+    """Train the tail with `recipe` on the cached views; its figures and history."""
+    outputs = tuple(str(name) for name in cached["outputs"])
+    torch.manual_seed(seed)
+    model = efficientnet_lite(config.architecture, num_classes=len(outputs)).eval()
+    trained = model.blocks[LITE2_BLOCKS - TRAINED_BLOCKS :]
+    tail = _TrainableTail(trained, model.head, model.pool, model.dropout, model.classifier)
+    labels = torch.from_numpy(cached["train_labels"])
+    views = [(torch.from_numpy(cached[f"train{v}"]), labels) for v in range(recipe.views)]
+    val = cached["val"].astype(np.float32)
+    test = cached["test"].astype(np.float32)
+
+    lr = config.learning_rate
+    optimizer = torch.optim.AdamW(
+        [
+            {
+                "params": [*trained.parameters(), *model.head.parameters()],
+                "lr": lr * PRETRAINED_LR_FACTOR,
+            },
+            {"params": model.classifier.parameters(), "lr": lr},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    steps = steps_per_epoch(len(labels), config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[lr * PRETRAINED_LR_FACTOR, lr],
+        total_steps=recipe.epochs * steps,
+        pct_start=0.15,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    averaged, history, seconds = None, [], 0.0
+    for epoch in range(1, recipe.epochs + 1):
+        loader = batches(*views[(epoch - 1) % len(views)], config.batch_size, generator)
+        started = time.perf_counter()
+        train_one_epoch(
+            tail,
+            loader,
+            optimizer,
+            scheduler,
+            lambda f: f.float(),
+            precision=config.training_precision,
+            label_smoothing=recipe.label_smoothing,
+        )
+        seconds += time.perf_counter() - started
+        if recipe.average_from and epoch >= recipe.average_from:
+            weights = {k: v.detach().clone().float() for k, v in tail.state_dict().items()}
+            averaged = _running_mean(averaged, weights, epoch - recipe.average_from + 1)
+        history.append(round(100 * evaluate(tail, val, cached["val_labels"], 2)["val_accuracy"], 2))
+        print(f"  epoch {epoch}: val pet accuracy {history[-1]:.2f} %", flush=True)
+    if averaged is not None:
+        tail.load_state_dict(averaged)
+        history.append(round(100 * evaluate(tail, val, cached["val_labels"], 2)["val_accuracy"], 2))
+        print(f"  averaged: val pet accuracy {history[-1]:.2f} %", flush=True)
+
+    rule = calibrate(outputs, logits_of(tail, val), cached["val_labels"])
+    return {
+        "val": score(rule, logits_of(tail, val), cached["val_labels"]).metrics,
+        "test": score(rule, logits_of(tail, test), cached["test_labels"]).metrics,
+        "history": history,
+        "seconds": seconds,
+    }
+
+
+def _running_mean(mean: dict | None, weights: dict, count: int) -> dict:
+    if mean is None:
+        return weights
+    return {k: mean[k] + (weights[k] - mean[k]) / count for k in mean}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated")
+    parser.add_argument("--seeds", default="42", help="comma-separated")
+    parser.add_argument("--data-fraction", type=float, default=1.0, help="for a quick try")
+    parser.add_argument("--cache", type=Path, help="keep the backbone pass in this folder")
+    args = parser.parse_args(argv)
+    recipes = args.recipes.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    torch.set_num_threads(THREADS)
+
+    config = TrainConfig(
+        architecture="efficientnet_lite2",
+        image_size=260,
+        learning_rate=0.003,
+        seed=seeds[0],
+        data_fraction=args.data_fraction,
+        training_precision="bf16-mixed",
+    )
+    views = max(RECIPES[name].views for name in recipes)
+    cached = cut_activations(config, LITE2_BLOCKS - TRAINED_BLOCKS, args.cache, views)
+    print(
+        f"trunk to block {LITE2_BLOCKS - TRAINED_BLOCKS}: {len(cached['train_labels'])} "
+        f"training images x {views} views in {float(cached['train_seconds']):.0f} s",
+        flush=True,
+    )
+    rows = []
+    for seed in seeds:
+        for name in recipes:
+            print(f"{name}, seed {seed}:", flush=True)
+            rows.append((name, seed, fit_recipe(RECIPES[name], seed, cached, config)))
+            print_table(rows)
+
+
+def print_table(rows) -> None:
+    cells = " | ".join(f"{split} {k}" for split in ("val", "test") for k in FIGURES)
+    print(f"| recipe | seed | {cells} | val pet acc. per epoch | tail s |")
+    print("| --- " * (4 + 2 * len(FIGURES)) + "|")
+    for name, seed, r in rows:
+        figures = [f"{100 * r[split][k]:.2f}" for split in ("val", "test") for k in FIGURES]
+        print(
+            f"| {name} | {seed} | {' | '.join(figures)} | {' / '.join(map(str, r['history']))}"
+            f" | {r['seconds']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
