@@ -15,12 +15,17 @@ PREPROCESSING_KEY = "catdog.preprocessing"
 DECISION_KEY = "catdog.decision"
 
 
-def inference_session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
+def inference_session(
+    model: str | Path | bytes, threads: int = 0, spinning: bool = True
+) -> ort.InferenceSession:
     """The one way sessions are made: CPU, `threads` per call (0: one per core), no
-    inter-op threads (these graphs are one chain of operators)."""
+    inter-op threads (these graphs are one chain of operators). `spinning=False` lets
+    idle threads sleep at once, for a session that takes turns with other work."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

@@ -162,16 +162,24 @@ def pet_accuracy(probabilities: np.ndarray, labels: np.ndarray, pet_classes: int
 
 @torch.no_grad()
 def evaluate(
-    model, inputs: np.ndarray, labels: np.ndarray, pet_classes: int, batch_size: int = 128
+    model,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    pet_classes: int,
+    batch_size: int = 128,
+    precision: str = "32-true",
 ) -> dict:
-    """Loss (all outputs) and pet accuracy on preprocessed float32 NCHW input."""
+    """Loss (all outputs) and pet accuracy on preprocessed float32 NCHW input, in the
+    training precision: this per-epoch figure follows the fit; the exported file's
+    figures (assessment) are what count, and the file is float32 either way."""
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss, probabilities = 0.0, []
     for start in range(0, len(labels), batch_size):
         batch = torch.from_numpy(inputs[start : start + batch_size])
         target = torch.from_numpy(labels[start : start + batch_size])
-        logits = model(batch)
+        with forward_context(precision):
+            logits = model(batch).float()
         total_loss += loss_fn(logits, target).item()
         probabilities.append(torch.softmax(logits, 1).numpy())
     probs = np.concatenate(probabilities)
@@ -230,6 +238,8 @@ def fit_from_scratch(config: TrainConfig, model, data: PreparedData, prep, on_pr
         train_stats = train_one_epoch(
             model, loader, optimizer, scheduler, normalizer, on_batch, precision
         )
-        result = evaluate(model, data.val_inputs, data.val_labels, data.pet_classes)
+        result = evaluate(
+            model, data.val_inputs, data.val_labels, data.pet_classes, precision=precision
+        )
         record_epoch(history, epoch, train_stats, result, started, on_progress)
     return history

@@ -11,6 +11,7 @@ from model_lib.preprocess import normalize
 from model_lib.training import (
     BatchNormalizer,
     batches,
+    evaluate,
     precision_used,
     steps_per_epoch,
     train_one_epoch,
@@ -36,6 +37,18 @@ def test_train_one_epoch_lowers_the_loss_on_a_fixed_batch(precision):
     assert losses[-1] < losses[0]
     # Mixed precision computes in bfloat16 but keeps float32 weights (what gets exported).
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_evaluation_in_bf16_agrees_with_float32():
+    torch.manual_seed(0)
+    model = build_model("baseline_cnn", 3)
+    inputs = torch.randn(40, 3, 64, 64).numpy()
+    labels = np.array([0, 1, 2, 1] * 10)
+    exact = evaluate(model, inputs, labels, pet_classes=2)
+    mixed = evaluate(model, inputs, labels, pet_classes=2, precision="bf16-mixed")
+    assert isinstance(mixed["val_loss"], float)
+    assert mixed["val_loss"] == pytest.approx(exact["val_loss"], rel=0.05)
+    assert 0.0 <= mixed["val_accuracy"] <= 1.0
 
 
 def test_bf16_falls_back_to_float32_where_the_cpu_has_no_native_bfloat16(monkeypatch, caplog):
