@@ -42,10 +42,9 @@ from model_lib.training import (
     batches,
     evaluate,
     pixel_tensors,
-    steps_per_epoch,
     train_one_epoch,
 )
-from model_lib.transfer import FRESH_VIEWS, PRETRAINED_LR_FACTOR, OnnxBackbone, _TrainableTail
+from model_lib.transfer import FRESH_VIEWS, OnnxBackbone, _TrainableTail, tail_optimizer
 
 # How many of Lite2's 21 MBConv blocks each variant trains (with the head conv and classifier).
 VARIANTS = {"head": 0, "stage7": 1, "stage6b": 3}
@@ -125,6 +124,15 @@ def logits_of(tail: nn.Module, features: np.ndarray) -> np.ndarray:
     )
 
 
+def scored(tail: nn.Module, outputs: tuple, val: np.ndarray, test: np.ndarray, cached: dict):
+    """Validation and test figures of `tail` under the decision rule fitted on validation."""
+    rule = calibrate(outputs, logits_of(tail, val), cached["val_labels"])
+    return {
+        "val": score(rule, logits_of(tail, val), cached["val_labels"]).metrics,
+        "test": score(rule, logits_of(tail, test), cached["test_labels"]).metrics,
+    }
+
+
 def fit_variant(config: TrainConfig, trained_blocks: int, cached: dict, cut: int) -> dict:
     """Train one variant on the cached views; its figures, per-epoch history and seconds."""
     outputs = tuple(str(name) for name in cached["outputs"])
@@ -147,22 +155,7 @@ def fit_variant(config: TrainConfig, trained_blocks: int, cached: dict, cut: int
     test = run_frozen(frozen, cached["test"], np.float32)
     frozen_seconds = time.perf_counter() - started
 
-    lr = config.learning_rate
-    pretrained = [*trained.parameters(), *model.head.parameters()]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": pretrained, "lr": lr * PRETRAINED_LR_FACTOR},
-            {"params": model.classifier.parameters(), "lr": lr},
-        ],
-        weight_decay=config.weight_decay,
-    )
-    steps = steps_per_epoch(len(cached["train_labels"]), config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[lr * PRETRAINED_LR_FACTOR, lr],
-        total_steps=config.epochs * steps,
-        pct_start=0.15,
-    )
+    optimizer, scheduler = tail_optimizer(model, trained, config, len(cached["train_labels"]))
     generator = torch.Generator().manual_seed(config.seed)
     train_seconds, history = 0.0, []
     for epoch in range(1, config.epochs + 1):
@@ -178,10 +171,8 @@ def fit_variant(config: TrainConfig, trained_blocks: int, cached: dict, cut: int
             flush=True,
         )
 
-    rule = calibrate(outputs, logits_of(tail, val), cached["val_labels"])
     return {
-        "val": score(rule, logits_of(tail, val), cached["val_labels"]).metrics,
-        "test": score(rule, logits_of(tail, test), cached["test_labels"]).metrics,
+        **scored(tail, outputs, val, test, cached),
         "history": history,
         "train_seconds": train_seconds,
         "images_per_second": config.epochs * len(views[0][1]) / train_seconds,

@@ -27,18 +27,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.stage_finetune import FIGURES, THREADS, cut_activations, logits_of
-from model_lib.assessment import calibrate, score
+from bench.stage_finetune import FIGURES, THREADS, cut_activations, scored
 from model_lib.config import TrainConfig
 from model_lib.efficientnet import efficientnet_lite
-from model_lib.training import batches, evaluate, steps_per_epoch, train_one_epoch
-from model_lib.transfer import PRETRAINED_LR_FACTOR, _TrainableTail
+from model_lib.training import batches, evaluate, train_one_epoch
+from model_lib.transfer import _TrainableTail, tail_optimizer
 
 LITE2_BLOCKS = 21
 TRAINED_BLOCKS = 1  # as the `transfer` deployment
@@ -73,23 +72,8 @@ def fit_recipe(recipe: Recipe, seed: int, cached: dict, config: TrainConfig) -> 
     val = cached["val"].astype(np.float32)
     test = cached["test"].astype(np.float32)
 
-    lr = config.learning_rate
-    optimizer = torch.optim.AdamW(
-        [
-            {
-                "params": [*trained.parameters(), *model.head.parameters()],
-                "lr": lr * PRETRAINED_LR_FACTOR,
-            },
-            {"params": model.classifier.parameters(), "lr": lr},
-        ],
-        weight_decay=config.weight_decay,
-    )
-    steps = steps_per_epoch(len(labels), config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[lr * PRETRAINED_LR_FACTOR, lr],
-        total_steps=recipe.epochs * steps,
-        pct_start=0.15,
+    optimizer, scheduler = tail_optimizer(
+        model, trained, replace(config, epochs=recipe.epochs), len(labels)
     )
     generator = torch.Generator().manual_seed(seed)
     averaged, history, seconds = None, [], 0.0
@@ -116,10 +100,8 @@ def fit_recipe(recipe: Recipe, seed: int, cached: dict, config: TrainConfig) -> 
         history.append(round(100 * evaluate(tail, val, cached["val_labels"], 2)["val_accuracy"], 2))
         print(f"  averaged: val pet accuracy {history[-1]:.2f} %", flush=True)
 
-    rule = calibrate(outputs, logits_of(tail, val), cached["val_labels"])
     return {
-        "val": score(rule, logits_of(tail, val), cached["val_labels"]).metrics,
-        "test": score(rule, logits_of(tail, test), cached["test_labels"]).metrics,
+        **scored(tail, outputs, val, test, cached),
         "history": history,
         "seconds": seconds,
     }

@@ -94,6 +94,30 @@ def _fresh_view(images, labels, batch_size, generator, augment, backbone, cache:
         yield features, targets
 
 
+def tail_optimizer(model, trained_blocks: nn.Module, config: TrainConfig, train_count: int):
+    """AdamW over the trained blocks, head and classifier (the pretrained parts at
+    PRETRAINED_LR_FACTOR of the classifier's rate), one-cycle over `config.epochs`."""
+    lr = config.learning_rate
+    optimizer = torch.optim.AdamW(
+        [
+            {
+                "params": [*trained_blocks.parameters(), *model.head.parameters()],
+                "lr": lr * PRETRAINED_LR_FACTOR,
+            },
+            {"params": model.classifier.parameters(), "lr": lr},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    steps = steps_per_epoch(train_count, config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[lr * PRETRAINED_LR_FACTOR, lr],
+        total_steps=config.epochs * steps,
+        pct_start=0.15,
+    )
+    return optimizer, scheduler
+
+
 def fit_transfer(
     config: TrainConfig, data: PreparedData, prep: Preprocessing, outputs: int, on_progress=None
 ):
@@ -121,24 +145,8 @@ def fit_transfer(
 
     generator = torch.Generator().manual_seed(config.seed)
     augment = BatchNormalizer(prep, generator)  # random crop + flip + jitter, normalised
-    lr = config.learning_rate
-    optimizer = torch.optim.AdamW(
-        [
-            {
-                "params": [*trained_blocks.parameters(), *model.head.parameters()],
-                "lr": lr * PRETRAINED_LR_FACTOR,
-            },
-            {"params": model.classifier.parameters(), "lr": lr},
-        ],
-        weight_decay=config.weight_decay,
-    )
+    optimizer, scheduler = tail_optimizer(model, trained_blocks, config, len(data.train_labels))
     steps = steps_per_epoch(len(data.train_labels), config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[lr * PRETRAINED_LR_FACTOR, lr],
-        total_steps=config.epochs * steps,
-        pct_start=0.15,
-    )
 
     train = pixel_tensors(data.train_pixels, data.train_labels)
     precision = precision_used(config.training_precision)  # of the tail; the trunk is ONNX
