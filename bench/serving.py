@@ -55,7 +55,7 @@ from pathlib import Path
 import bentoml
 import httpx
 
-from catdog_runtime.processes import BIN, ROOT, Server, free_port
+from catdog_runtime.processes import BIN, ROOT, Server, free_port, start_server
 from model_lib.client import Answer, classify, classify_all, metric_samples, metric_total
 from model_lib.config import MODEL_NAME
 from model_lib.inference_log import BENCHMARK_SOURCE
@@ -315,26 +315,21 @@ def service_env(bentoml_home: str | None, work: Path) -> dict:
     return env
 
 
-def start_server(name: str, args: list[str], env: dict, port: int, work: Path, timeout: float):
+def _start(name: str, args: list[str], env: dict, port: int, work: Path, timeout: float):
     """Start a server and wait for its /readyz; stopped again if it never gets ready."""
-    server = Server(name, args, work / f"{name}.log", env)
-    try:
-        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout)
-    except Exception:
-        server.stop()
-        raise
-    return server
+    url = f"http://127.0.0.1:{port}/readyz"
+    return start_server(name, args, work / f"{name}.log", env, url, timeout)
 
 
 def start_service(port: int, env: dict, work: Path, timeout: float) -> Server:
     args = ["serve", "bento.service:CatDogClassifier", "--host", "127.0.0.1", "--port", str(port)]
-    return start_server("service", [str(BIN / "bentoml"), *args], env, port, work, timeout)
+    return _start("service", [str(BIN / "bentoml"), *args], env, port, work, timeout)
 
 
 def start_naive(port: int, model_uri: str, work: Path, timeout: float) -> Server:
     args = [str(ROOT / "bench" / "naive_server.py"), "--model-uri", model_uri, "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return start_server("naive", [sys.executable, *args], env, port, work, timeout)
+    return _start("naive", [sys.executable, *args], env, port, work, timeout)
 
 
 def champion_model_tag() -> str:

@@ -278,7 +278,7 @@ def start_replicas(bento_tag: str, count: int) -> list[Replica]:
             services.prepare_replica_home(replica.port)
             services.start(replica.service)
         for replica in replicas:
-            services.wait_healthy(replica.service)
+            services.wait_healthy_restarting(replica.service)
     except services.ServiceError:
         for replica in replicas:
             services.stop(replica.service)

@@ -10,6 +10,7 @@ lines, process trees, who listens on a port).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -221,6 +222,21 @@ def _reap(pid: int) -> None:
         pass
 
 
+# ------------------------------------------------------------------ bentoml's own ports
+# `bentoml serve` picks the ports of its process manager's (circus) control sockets by
+# binding port 0 and closing it; circus binds them again seconds later, and any process
+# can take such a port in between (an outgoing connection's ephemeral port, another
+# server starting). The start then fails with this line and is worth trying again; a
+# clash on the server's own port is reported differently ("[Errno 98]") and is not.
+_INTERNAL_PORT_RACE = re.compile(r"Address already in use \(addr='tcp://127\.0\.0\.1:\d+'\)")
+START_ATTEMPTS = 3
+
+
+def lost_internal_port_race(log_text: str) -> bool:
+    """Whether a failed start's log shows bentoml losing one of its own ports."""
+    return _INTERNAL_PORT_RACE.search(log_text) is not None
+
+
 # ------------------------------------------------------------------ owned servers
 class Server:
     """A server process owned by the caller (a test, a benchmark), its log in `log_path`.
@@ -253,6 +269,25 @@ class Server:
         if self.process.poll() is None:
             stop_tree(self.process.pid, sig, timeout)
         self.process.wait(10)
+
+
+def start_server(
+    name: str, args: list[str], log_path: Path, env: dict, url: str, timeout: float = 600
+) -> Server:
+    """A `Server` answering at `url`; started again (up to START_ATTEMPTS in all) when
+    it lost a race for one of bentoml's internal ports. Stopped when it fails."""
+    attempt = 1
+    while True:
+        server = Server(name, args, log_path, env)
+        try:
+            server.wait_http(url, timeout)
+            return server
+        except BaseException as error:
+            server.stop()
+            retry = isinstance(error, RuntimeError) and attempt < START_ATTEMPTS
+            if not (retry and lost_internal_port_race(server.log_tail())):
+                raise
+        attempt += 1
 
 
 def run(

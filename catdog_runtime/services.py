@@ -38,9 +38,11 @@ import httpx
 from catdog_runtime import postgres, prefect_api
 from catdog_runtime.processes import (
     ROOT,
+    START_ATTEMPTS,
     command_line,
     describe,
     listener_pids,
+    lost_internal_port_race,
     runs_command,
     spawn,
     stop_tree,
@@ -267,6 +269,24 @@ def wait_healthy(service: Service) -> None:
         lambda: http_ok(service.health_url, auth=service.health_auth),
         f"healthy at {service.health_url}",
     )
+
+
+def wait_healthy_restarting(service: Service) -> None:
+    """`wait_healthy`, starting `service` again (up to START_ATTEMPTS in all) when it
+    lost a race for one of bentoml's internal ports (catdog_runtime.processes)."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            wait_healthy(service)
+            return
+        except ServiceError as error:
+            if attempt == START_ATTEMPTS or not lost_internal_port_race(str(error)):
+                raise
+            log(
+                f"{service.name} lost one of bentoml's internal ports to another process: "
+                f"starting it again ({attempt + 1}/{START_ATTEMPTS})"
+            )
+            stop(service)
+            start(service)
 
 
 def stop(service: Service, grace_seconds: float = 20) -> None:

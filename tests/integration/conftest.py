@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from catdog_runtime.prefect_api import PrefectAPI
-from catdog_runtime.processes import BIN, Server, free_port, run
+from catdog_runtime.processes import BIN, free_port, run, start_server
 from catdog_runtime.waits import poll
 from tests.integration.platform import log_into_mlflow, platform_env, services_cli
 from tests.integration.service_runner import save_to_store, train_temporary_model
@@ -115,14 +115,14 @@ def served_champion(platform, trained):
     # Its own inference log: the drift tests start from an empty one, whatever traffic
     # other modules sent through the platform's replicas before.
     inference_log = str(platform["state"] / "served-champion-inference.sqlite")
-    server = Server(
+    server = start_server(
         "bentoml",
         [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)],
         platform["state"] / "bentoml.log",
         {**platform["env"], "CATDOG_INFERENCE_LOG": inference_log},
+        f"http://127.0.0.1:{port}/readyz",
     )
     try:
-        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=600)
         yield {"url": f"http://127.0.0.1:{port}", "server": server, "inference_log": inference_log}
     finally:
         server.stop()

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from filelock import FileLock
 
-from catdog_runtime.processes import BIN, ROOT, Server, free_port, run
+from catdog_runtime.processes import BIN, ROOT, free_port, run, start_server
 
 MLFLOW_VERSION = "42"  # the version the test store's metadata claims
 SERVICE = "bento.service:CatDogClassifier"
@@ -98,9 +98,9 @@ def serving(state: Path, target: str = SERVICE, ready: str = "/readyz", **settin
     server_env = store_env(state, **settings)
     port = free_port()
     args = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-    server = Server("bentoml", args, state / f"bentoml-{port}.log", server_env)
+    url = f"http://127.0.0.1:{port}"
+    server = start_server("bentoml", args, state / f"bentoml-{port}.log", server_env, url + ready)
     try:
-        server.wait_http(f"http://127.0.0.1:{port}{ready}", timeout=600)
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", server=server, env=server_env)
+        yield SimpleNamespace(url=url, server=server, env=server_env)
     finally:
         server.stop()

@@ -4,6 +4,7 @@ fatal logs. (Starts processes, so not a unit test.)"""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -13,6 +14,8 @@ import time
 import pytest
 
 from catdog_runtime import services
+from catdog_runtime.processes import free_port, start_server
+from catdog_runtime.waits import http_ok
 
 
 @pytest.fixture
@@ -139,3 +142,60 @@ def test_a_fatal_line_of_an_earlier_start_does_not_fail_the_next(run_dir):
         assert services.fatal_line(service) == "boom again"
     finally:
         services.stop(service)
+
+
+# First start: prints `line` and exits 1; every later start serves HTTP on the port.
+FAILS_ONCE = """
+import http.server, pathlib, sys
+starts, port, line = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+with starts.open("a") as log:
+    log.write("start\\n")
+if len(starts.read_text().splitlines()) == 1:
+    print(line, flush=True)
+    sys.exit(1)
+handler = http.server.SimpleHTTPRequestHandler
+http.server.ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
+"""
+LOST_INTERNAL_PORT = "zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:48043')"
+OWN_PORT_TAKEN = (
+    "ERROR: [Errno 98] error while attempting to bind on address ('127.0.0.1', 3000): "
+    "address already in use"
+)
+
+
+def fails_once(tmp_path, line: str) -> tuple[services.Service, object]:
+    port = free_port()
+    starts = tmp_path / "starts"
+    argv = [sys.executable, "-c", FAILS_ONCE, str(starts), str(port), line]
+    return services.Service("replica", argv, port, f"http://127.0.0.1:{port}/"), starts
+
+
+def test_a_replica_that_lost_one_of_bentomls_own_ports_is_started_again(run_dir, tmp_path):
+    service, starts = fails_once(tmp_path, LOST_INTERNAL_PORT)
+    services.start(service)
+    try:
+        services.wait_healthy_restarting(service)
+        assert http_ok(service.health_url)
+        assert len(starts.read_text().splitlines()) == 2
+    finally:
+        services.stop(service)
+
+
+def test_a_clash_on_the_replicas_own_port_is_not_retried(run_dir, tmp_path):
+    service, starts = fails_once(tmp_path, OWN_PORT_TAKEN)
+    services.start(service)
+    with pytest.raises(services.ServiceError, match="Errno 98"):
+        services.wait_healthy_restarting(service)
+    assert len(starts.read_text().splitlines()) == 1
+
+
+def test_an_owned_server_that_lost_one_of_bentomls_own_ports_is_started_again(tmp_path):
+    service, starts = fails_once(tmp_path, LOST_INTERNAL_PORT)
+    server = start_server(
+        "replica", service.argv, tmp_path / "log", dict(os.environ), service.health_url
+    )
+    try:
+        assert http_ok(service.health_url)
+        assert len(starts.read_text().splitlines()) == 2
+    finally:
+        server.stop()
