@@ -49,7 +49,7 @@ class OnnxBackbone:
 
     def __init__(self, frozen: nn.Module, image_size: int, threads: int):
         # Without spinning: ONNX Runtime's idle threads would otherwise busy-wait through
-        # the tail's PyTorch step that follows each batch (fresh-view epochs 3-5 % slower).
+        # the tail's PyTorch step that follows each batch (measured: notes/models.md).
         self.session = inference_session(
             onnx_bytes(frozen, image_size, "features"), threads, spinning=False
         )
