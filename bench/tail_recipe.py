@@ -62,6 +62,19 @@ RECIPES = {
 
 def fit_recipe(recipe: Recipe, seed: int, cached: dict, config: TrainConfig) -> dict:
     """Train the tail with `recipe` on the cached views; its figures and history."""
+    tail, history, seconds = train_tail(recipe, seed, cached, config)
+    outputs = tuple(str(name) for name in cached["outputs"])
+    val, test = cached["val"].astype(np.float32), cached["test"].astype(np.float32)
+    return {
+        **scored(tail, outputs, val, test, cached),
+        "history": history,
+        "seconds": seconds,
+    }
+
+
+def train_tail(recipe: Recipe, seed: int, cached: dict, config: TrainConfig):
+    """The tail trained with `recipe` on the cached views (eval mode), the validation
+    pet accuracy after each epoch, and the training seconds."""
     outputs = tuple(str(name) for name in cached["outputs"])
     torch.manual_seed(seed)
     model = efficientnet_lite(config.architecture, num_classes=len(outputs)).eval()
@@ -70,7 +83,6 @@ def fit_recipe(recipe: Recipe, seed: int, cached: dict, config: TrainConfig) -> 
     labels = torch.from_numpy(cached["train_labels"])
     views = [(torch.from_numpy(cached[f"train{v}"]), labels) for v in range(recipe.views)]
     val = cached["val"].astype(np.float32)
-    test = cached["test"].astype(np.float32)
 
     optimizer, scheduler = tail_optimizer(
         model, trained, replace(config, epochs=recipe.epochs), len(labels)
@@ -100,17 +112,25 @@ def fit_recipe(recipe: Recipe, seed: int, cached: dict, config: TrainConfig) -> 
         history.append(round(100 * evaluate(tail, val, cached["val_labels"], 2)["val_accuracy"], 2))
         print(f"  averaged: val pet accuracy {history[-1]:.2f} %", flush=True)
 
-    return {
-        **scored(tail, outputs, val, test, cached),
-        "history": history,
-        "seconds": seconds,
-    }
+    return tail.eval(), history, seconds
 
 
 def _running_mean(mean: dict | None, weights: dict, count: int) -> dict:
     if mean is None:
         return weights
     return {k: mean[k] + (weights[k] - mean[k]) / count for k in mean}
+
+
+def transfer_config(seed: int, data_fraction: float) -> TrainConfig:
+    """The `transfer` deployment's settings that the tail benches depend on."""
+    return TrainConfig(
+        architecture="efficientnet_lite2",
+        image_size=260,
+        learning_rate=0.003,
+        seed=seed,
+        data_fraction=data_fraction,
+        training_precision="bf16-mixed",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,14 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(THREADS)
 
-    config = TrainConfig(
-        architecture="efficientnet_lite2",
-        image_size=260,
-        learning_rate=0.003,
-        seed=seeds[0],
-        data_fraction=args.data_fraction,
-        training_precision="bf16-mixed",
-    )
+    config = transfer_config(seeds[0], args.data_fraction)
     views = max(RECIPES[name].views for name in recipes)
     cached = cut_activations(config, LITE2_BLOCKS - TRAINED_BLOCKS, args.cache, views)
     print(
