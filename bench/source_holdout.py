@@ -9,9 +9,10 @@ fitted on validation without it), and the model is scored on that source's valid
 and test photos; the first run leaves nothing out and scores the same photos, as the
 reference (unseen kinds of a seen source).
 
-The tail is the `transfer` deployment's (bench.tail_recipe's `default` recipe), on the
-cached trunk views (the same cache as bench.tail_recipe). Nothing here chooses anything
-for training: it says what to expect on photos from elsewhere.
+The tail is the `transfer` deployment's (bench.tail_recipe's `default` recipe, or
+others with `--recipes`), on the cached trunk views (the same cache as
+bench.tail_recipe). Nothing here chooses anything for training: it says what to expect
+on photos from elsewhere.
 
     python -m bench.source_holdout [--seeds 42,43] [--cache DIR]
 """
@@ -60,13 +61,13 @@ def refused(rule: DecisionRule, logits: np.ndarray) -> float:
     return float((answers == rule.outputs.index(NEITHER)).mean())
 
 
-def run(held_out: str | None, seed: int, cached: dict, sources: dict, config) -> dict:
+def run(held_out: str | None, recipe: str, seed: int, cached: dict, sources: dict, config) -> dict:
     """Train without `held_out` (None: with every source); figures on each source's
     validation and test photos, under the rule fitted on validation without it."""
     train_keep = sources["train"] != held_out
     val_keep = sources["val"] != held_out
     trimmed = without(cached, train_keep, val_keep)
-    tail, history, _ = train_tail(RECIPES["default"], seed, trimmed, config)
+    tail, history, _ = train_tail(RECIPES[recipe], seed, trimmed, config)
     outputs = tuple(str(name) for name in cached["outputs"])
     val_logits = logits_of(tail, trimmed["val"].astype(np.float32))
     rule = calibrate(outputs, val_logits, trimmed["val_labels"])
@@ -84,6 +85,7 @@ def run(held_out: str | None, seed: int, cached: dict, sources: dict, config) ->
         by_source[source] = (refused(rule, logits), len(logits))
     return {
         "held_out": held_out or "nothing",
+        "recipe": recipe,
         "seed": seed,
         "val_pets_answered_neither": fitted["pets_answered_neither"],
         "val_others_answered_neither": fitted["others_answered_neither"],
@@ -96,6 +98,7 @@ def run(held_out: str | None, seed: int, cached: dict, sources: dict, config) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="42", help="comma-separated")
+    parser.add_argument("--recipes", default="default", help="bench.tail_recipe's, comma-separated")
     parser.add_argument("--held-out", help="comma-separated sources (default: each in turn)")
     parser.add_argument("--data-fraction", type=float, default=1.0, help="for a quick try")
     parser.add_argument("--cache", type=Path, help="keep the backbone pass in this folder")
@@ -120,19 +123,20 @@ def main(argv: list[str] | None = None) -> None:
     held = args.held_out.split(",") if args.held_out else outliers
     rows = []
     for seed in seeds:
-        for held_out in [None, *held]:
-            print(f"held out: {held_out or 'nothing'}, seed {seed}", flush=True)
-            rows.append(run(held_out, seed, cached, sources, config))
-            print_table(rows, outliers)
+        for recipe in args.recipes.split(","):
+            for held_out in [None, *held]:
+                print(f"held out: {held_out or 'nothing'}, {recipe}, seed {seed}", flush=True)
+                rows.append(run(held_out, recipe, seed, cached, sources, config))
+                print_table(rows, outliers)
 
 
 def print_table(rows: list[dict], outliers: list[str]) -> None:
     cells = " | ".join(f"{source} answered neither" for source in outliers)
     print(
-        f"| left out of training | seed | val pets answered neither | val others answered "
+        f"| left out of training | recipe | seed | val pets answered neither | val others answered "
         f"neither | test pet accuracy | {cells} |"
     )
-    print("| --- " * (5 + len(outliers)) + "|")
+    print("| --- " * (6 + len(outliers)) + "|")
     for r in rows:
         figures = []
         for source in outliers:
@@ -140,7 +144,8 @@ def print_table(rows: list[dict], outliers: list[str]) -> None:
             cell = f"{100 * share:.2f} % ({count})"
             figures.append(f"**{cell}**" if source == r["held_out"] else cell)
         print(
-            f"| {r['held_out']} | {r['seed']} | {100 * r['val_pets_answered_neither']:.2f} % | "
+            f"| {r['held_out']} | {r['recipe']} | {r['seed']} | "
+            f"{100 * r['val_pets_answered_neither']:.2f} % | "
             f"{100 * r['val_others_answered_neither']:.2f} % | "
             f"{100 * r['test_pet_accuracy']:.2f} % | {' | '.join(figures)} |",
             flush=True,

@@ -12,7 +12,8 @@ backbone), the same optimizer, one-cycle schedule, learning rates and bf16-mixed
   batch-norm statistics are frozen in this fit, so the average needs no BN update);
 - `smooth`: label smoothing 0.1;
 - `views3`: a third fresh view as epoch 3 (in the flow, one more trunk pass: about
-  200 s).
+  200 s);
+- `neither2`: the photos that are neither weigh twice as much in the loss.
 
 Each recipe then gets its temperature and `neither` threshold fitted on validation
 (model_lib.assessment) on its float32 PyTorch logits. Validation decides; test is
@@ -49,6 +50,7 @@ class Recipe:
     views: int = 2
     average_from: int = 0  # average the weights of epochs >= this (0: the last epoch's)
     label_smoothing: float = 0.0
+    neither_weight: float = 1.0  # the loss weight of the last output (`neither`)
 
 
 RECIPES = {
@@ -57,6 +59,7 @@ RECIPES = {
     "swa": Recipe(average_from=3),
     "smooth": Recipe(label_smoothing=0.1),
     "views3": Recipe(views=3),
+    "neither2": Recipe(neither_weight=2.0),
 }
 
 
@@ -88,6 +91,9 @@ def train_tail(recipe: Recipe, seed: int, cached: dict, config: TrainConfig):
         model, trained, replace(config, epochs=recipe.epochs), len(labels)
     )
     generator = torch.Generator().manual_seed(seed)
+    weights = torch.ones(len(outputs))
+    weights[-1] = recipe.neither_weight
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=recipe.label_smoothing)
     averaged, history, seconds = None, [], 0.0
     for epoch in range(1, recipe.epochs + 1):
         loader = batches(*views[(epoch - 1) % len(views)], config.batch_size, generator)
@@ -99,7 +105,7 @@ def train_tail(recipe: Recipe, seed: int, cached: dict, config: TrainConfig):
             scheduler,
             lambda f: f.float(),
             precision=config.training_precision,
-            label_smoothing=recipe.label_smoothing,
+            loss_fn=loss_fn,
         )
         seconds += time.perf_counter() - started
         if recipe.average_from and epoch >= recipe.average_from:

@@ -122,10 +122,11 @@ def train_one_epoch(
     normalizer,
     on_batch=None,
     precision: str = "32-true",
-    label_smoothing: float = 0.0,
+    loss_fn: nn.Module | None = None,
 ) -> dict:
+    """One pass over `loader`; `loss_fn` defaults to plain cross-entropy."""
     model.train()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     for images, labels in loader:
