@@ -30,9 +30,16 @@ def precision_used(requested: str) -> str:
     """The training precision this CPU runs: "bf16-mixed" needs native bfloat16
     (oneDNN's check: AVX512-BF16 or AMX), else it would be slower than float32."""
     if requested == "bf16-mixed" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        log.warning("this CPU has no native bfloat16: training in float32 (32-true) instead")
         return "32-true"
     return requested
+
+
+def fit_precision(requested: str) -> str:
+    """`precision_used`, saying so once per fit when the CPU changes what was asked for."""
+    used = precision_used(requested)
+    if used != requested:
+        log.warning("this CPU has no native bfloat16: training in float32 (%s) instead", used)
+    return used
 
 
 def forward_context(precision: str):
@@ -230,7 +237,7 @@ def fit_from_scratch(config: TrainConfig, model, data: PreparedData, prep, on_pr
     )
     normalizer = BatchNormalizer(prep, generator)
     images, labels = pixel_tensors(data.train_pixels, data.train_labels)
-    precision = precision_used(config.training_precision)
+    precision = fit_precision(config.training_precision)
     history, result = [], None
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()

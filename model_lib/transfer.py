@@ -25,8 +25,8 @@ from model_lib.training import (
     batch_reporter,
     batches,
     evaluate,
+    fit_precision,
     pixel_tensors,
-    precision_used,
     record_epoch,
     steps_per_epoch,
     train_one_epoch,
@@ -149,7 +149,7 @@ def fit_transfer(
     steps = steps_per_epoch(len(data.train_labels), config.batch_size)
 
     train = pixel_tensors(data.train_pixels, data.train_labels)
-    precision = precision_used(config.training_precision)  # of the tail; the trunk is ONNX
+    precision = fit_precision(config.training_precision)  # of the tail; the trunk is ONNX
     views: list[tuple[torch.Tensor, torch.Tensor]] = []
     val_features, history = None, []
     for epoch in range(1, config.epochs + 1):
