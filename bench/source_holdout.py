@@ -15,6 +15,11 @@ bench.tail_recipe). Nothing here chooses anything for training: it says what to 
 on photos from elsewhere.
 
     python -m bench.source_holdout [--seeds 42,43] [--cache DIR]
+
+`--outlier-val-percent 10` moves half of the validation kinds into training (the test
+kinds stay as they are), to see whether more kinds trained on help a new source. Two such
+configurations are compared on the held-out source's photos that are validation kinds in
+both (`--common-val-percent`, the first buckets after the test ones), never on test.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 
 from bench.stage_finetune import THREADS, cut_activations, logits_of
 from bench.tail_recipe import LITE2_BLOCKS, RECIPES, TRAINED_BLOCKS, train_tail, transfer_config
+from model_lib import data as data_lib
 from model_lib.assessment import calibrate, score
 from model_lib.decision import NEITHER, DecisionRule
 from model_lib.pipeline import load_dataset
@@ -45,6 +51,22 @@ def sources_of(items, outlier_dir: str, pet_count: int) -> np.ndarray:
     )
 
 
+def kind_buckets(items, outlier_dir: str) -> np.ndarray:
+    """Each photo's split bucket of its kind (model_lib.data.discover_outliers' group key);
+    -1 for pets."""
+    root = Path(outlier_dir).resolve()
+    buckets = []
+    for item in items:
+        try:
+            relative = item.path.resolve().relative_to(root)
+        except ValueError:
+            buckets.append(-1)
+            continue
+        key = str(relative.parent) if len(relative.parts) > 2 else str(relative)
+        buckets.append(data_lib.stable_bucket(key, salt="split:"))
+    return np.asarray(buckets)
+
+
 def without(cached: dict, train_keep: np.ndarray, val_keep: np.ndarray) -> dict:
     """The cached views and validation with only the kept photos."""
     kept = dict(cached)
@@ -61,7 +83,15 @@ def refused(rule: DecisionRule, logits: np.ndarray) -> float:
     return float((answers == rule.outputs.index(NEITHER)).mean())
 
 
-def run(held_out: str | None, recipe: str, seed: int, cached: dict, sources: dict, config) -> dict:
+def run(
+    held_out: str | None,
+    recipe: str,
+    seed: int,
+    cached: dict,
+    sources: dict,
+    config,
+    common_val: np.ndarray,
+) -> dict:
     """Train without `held_out` (None: with every source); figures on each source's
     validation and test photos, under the rule fitted on validation without it."""
     train_keep = sources["train"] != held_out
@@ -78,6 +108,10 @@ def run(held_out: str | None, recipe: str, seed: int, cached: dict, sources: dic
     }
     pet_test = sources["test"] == PETS
     test_pets = score(rule, pooled["test"][0][pet_test], pooled["test"][1][pet_test]).metrics
+    common = (sources["val"] == held_out) & common_val
+    common_refused = (refused(rule, pooled["val"][0][common]), int(common.sum()))
+    held_test = sources["test"] == held_out
+    test_refused = (refused(rule, pooled["test"][0][held_test]), int(held_test.sum()))
     by_source = {}
     for source in sorted((set(sources["val"]) | set(sources["test"])) - {PETS}):
         picks = [(split, sources[split] == source) for split in ("val", "test")]
@@ -91,6 +125,8 @@ def run(held_out: str | None, recipe: str, seed: int, cached: dict, sources: dic
         "val_others_answered_neither": fitted["others_answered_neither"],
         "test_pet_accuracy": test_pets["accuracy"],
         "by_source": by_source,
+        "held_out_common_val": common_refused,
+        "held_out_test": test_refused,
         "history": history,
     }
 
@@ -102,9 +138,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out", help="comma-separated sources (default: each in turn)")
     parser.add_argument("--data-fraction", type=float, default=1.0, help="for a quick try")
     parser.add_argument("--cache", type=Path, help="keep the backbone pass in this folder")
+    parser.add_argument(
+        "--outlier-val-percent",
+        type=int,
+        default=data_lib.OUTLIER_VAL_PERCENT,
+        help="share of kinds for validation (a separate --cache per value)",
+    )
+    parser.add_argument("--common-val-percent", type=int, default=10)
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(THREADS)
+    # The split reads this module constant at load time; a bench-only override.
+    data_lib.OUTLIER_VAL_PERCENT = args.outlier_val_percent
 
     # The cached views belong to the first seed's config, as in bench.tail_recipe.
     config = transfer_config(seeds[0], args.data_fraction)
@@ -119,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     for split in ("train", "val", "test"):
         if len(sources[split]) != len(cached[f"{split}_labels"]):
             raise SystemExit(f"the cache's {split} split does not match the data: delete it")
+    first = data_lib.OUTLIER_TEST_PERCENT
+    val_buckets = kind_buckets(dataset.val_items, config.outlier_dir)
+    common_val = (val_buckets >= first) & (val_buckets < first + args.common_val_percent)
     outliers = sorted(set(sources["train"]) - {PETS})
     held = args.held_out.split(",") if args.held_out else outliers
     rows = []
@@ -126,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         for recipe in args.recipes.split(","):
             for held_out in [None, *held]:
                 print(f"held out: {held_out or 'nothing'}, {recipe}, seed {seed}", flush=True)
-                rows.append(run(held_out, recipe, seed, cached, sources, config))
+                rows.append(run(held_out, recipe, seed, cached, sources, config, common_val))
                 print_table(rows, outliers)
 
 
@@ -134,9 +182,9 @@ def print_table(rows: list[dict], outliers: list[str]) -> None:
     cells = " | ".join(f"{source} answered neither" for source in outliers)
     print(
         f"| left out of training | recipe | seed | val pets answered neither | val others answered "
-        f"neither | test pet accuracy | {cells} |"
+        f"neither | test pet accuracy | held out, common val kinds | held out, test | {cells} |"
     )
-    print("| --- " * (6 + len(outliers)) + "|")
+    print("| --- " * (8 + len(outliers)) + "|")
     for r in rows:
         figures = []
         for source in outliers:
@@ -147,9 +195,15 @@ def print_table(rows: list[dict], outliers: list[str]) -> None:
             f"| {r['held_out']} | {r['recipe']} | {r['seed']} | "
             f"{100 * r['val_pets_answered_neither']:.2f} % | "
             f"{100 * r['val_others_answered_neither']:.2f} % | "
-            f"{100 * r['test_pet_accuracy']:.2f} % | {' | '.join(figures)} |",
+            f"{100 * r['test_pet_accuracy']:.2f} % | {share_cell(r['held_out_common_val'])} | "
+            f"{share_cell(r['held_out_test'])} | {' | '.join(figures)} |",
             flush=True,
         )
+
+
+def share_cell(figure: tuple[float, int]) -> str:
+    share, count = figure
+    return f"{100 * share:.2f} % ({count})" if count else "-"
 
 
 if __name__ == "__main__":
