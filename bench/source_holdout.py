@@ -52,19 +52,15 @@ def sources_of(items, outlier_dir: str, pet_count: int) -> np.ndarray:
 
 
 def kind_buckets(items, outlier_dir: str) -> np.ndarray:
-    """Each photo's split bucket of its kind (model_lib.data.discover_outliers' group key);
-    -1 for pets."""
-    root = Path(outlier_dir).resolve()
-    buckets = []
-    for item in items:
-        try:
-            relative = item.path.resolve().relative_to(root)
-        except ValueError:
-            buckets.append(-1)
-            continue
-        key = str(relative.parent) if len(relative.parts) > 2 else str(relative)
-        buckets.append(data_lib.stable_bucket(key, salt="split:"))
-    return np.asarray(buckets)
+    """Each photo's split bucket of its kind (the group key model_lib.data.discover_outliers
+    gives it); -1 for pets."""
+    _, kinds = data_lib.discover_outliers(outlier_dir, label=-1)
+    return np.asarray(
+        [
+            data_lib.stable_bucket(kinds[item.path], salt="split:") if item.path in kinds else -1
+            for item in items
+        ]
+    )
 
 
 def without(cached: dict, train_keep: np.ndarray, val_keep: np.ndarray) -> dict:
