@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.stage_finetune import FIGURES, THREADS, cut_activations, scored
-from bench.tail_recipe import LITE2_BLOCKS, RECIPES, train_tail, transfer_config
+from bench.stage_finetune import THREADS, cut_activations, scored
+from bench.tail_recipe import LITE2_BLOCKS, RECIPES, print_table, train_tail, transfer_config
 from model_lib import data as data_lib
 from model_lib.efficientnet import efficientnet_lite
 from model_lib.models import preprocessing_for
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     teacher = [logits_of(tail, cached[f"train{v}"]) for v in range(FRESH_VIEWS)]
     del cached, val, test
-    print_table(rows)
+    print_table(rows, "model")
 
     student_config = replace(config, architecture=STUDENT, image_size=STUDENT_SIZE)
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -218,20 +218,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}, seed {seed}:", flush=True)
             result = fit_student(STUDENTS[name], seed, features, teacher, student_config)
             rows.append((name, seed, result))
-            print_table(rows)
-
-
-def print_table(rows) -> None:
-    cells = " | ".join(f"{split} {k}" for split in ("val", "test") for k in FIGURES)
-    print(f"| model | seed | {cells} | val pet acc. per epoch | tail s |")
-    print("| --- " * (4 + 2 * len(FIGURES)) + "|")
-    for name, seed, r in rows:
-        figures = [f"{100 * r[split][k]:.2f}" for split in ("val", "test") for k in FIGURES]
-        print(
-            f"| {name} | {seed} | {' | '.join(figures)} | {' / '.join(map(str, r['history']))}"
-            f" | {r['seconds']:.0f} |",
-            flush=True,
-        )
+            print_table(rows, "model")
 
 
 if __name__ == "__main__":

@@ -166,9 +166,10 @@ def main(argv: list[str] | None = None) -> None:
             print_table(rows)
 
 
-def print_table(rows) -> None:
+def print_table(rows, first_column: str = "recipe") -> None:
+    """A Markdown table of (name, seed, figures) rows: validation and test figures."""
     cells = " | ".join(f"{split} {k}" for split in ("val", "test") for k in FIGURES)
-    print(f"| recipe | seed | {cells} | val pet acc. per epoch | tail s |")
+    print(f"| {first_column} | seed | {cells} | val pet acc. per epoch | tail s |")
     print("| --- " * (4 + 2 * len(FIGURES)) + "|")
     for name, seed, r in rows:
         figures = [f"{100 * r[split][k]:.2f}" for split in ("val", "test") for k in FIGURES]
