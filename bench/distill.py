@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.stage_finetune import THREADS, cut_activations, scored
+from bench.stage_finetune import THREADS, cut_activations, logits_of, scored
 from bench.tail_recipe import LITE2_BLOCKS, RECIPES, print_table, train_tail, transfer_config
 from model_lib import data as data_lib
 from model_lib.efficientnet import efficientnet_lite
@@ -121,17 +121,6 @@ def _check_replay(first_batch: torch.Tensor, cached: dict, config) -> None:
     print(f"replayed views match the teacher's cache (max |diff| {gap:.4f})", flush=True)
 
 
-@torch.no_grad()
-def logits_of(tail: nn.Module, features: np.ndarray) -> torch.Tensor:
-    tail.eval()
-    return torch.cat(
-        [
-            tail(torch.from_numpy(features[s : s + 256]).float())
-            for s in range(0, len(features), 256)
-        ]
-    )
-
-
 def distill_loss(logits, labels, teacher_logits, student: Student) -> torch.Tensor:
     loss = student.hard_weight * F.cross_entropy(logits, labels)
     if student.hard_weight < 1:
@@ -208,7 +197,10 @@ def main(argv: list[str] | None = None) -> None:
             {**scored(tail, outputs, val, test, cached), "history": history, "seconds": seconds},
         )
     ]
-    teacher = [logits_of(tail, cached[f"train{v}"]) for v in range(FRESH_VIEWS)]
+    teacher = [
+        torch.from_numpy(logits_of(tail, cached[f"train{v}"].astype(np.float32)))
+        for v in range(FRESH_VIEWS)
+    ]
     del cached, val, test
     print_table(rows, "model")
 
