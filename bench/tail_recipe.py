@@ -4,7 +4,8 @@ The `transfer` deployment trains Lite2's last MBConv block, head conv and classi
 (`trained_blocks: 1`) for 5 epochs: 2 fresh augmented views through the frozen trunk,
 then replays of them. Each recipe below changes one thing, on the same cached views
 (the trunk up to block 20 runs once per view through ONNX Runtime, as fit_transfer's
-backbone), the same optimizer, one-cycle schedule, learning rates and bf16-mixed tail:
+backbone), the same optimizer, one-cycle schedule, learning rates and bf16-mixed tail
+(float32 on a CPU without native bfloat16, as the flow):
 
 - `default`: as the deployment;
 - `epochs8`: 8 epochs (3 more replays, about 31 s each in the flow);
@@ -13,7 +14,9 @@ backbone), the same optimizer, one-cycle schedule, learning rates and bf16-mixed
 - `smooth`: label smoothing 0.1;
 - `views3`: a third fresh view as epoch 3 (in the flow, one more trunk pass: about
   200 s);
-- `neither2`: the photos that are neither weigh twice as much in the loss.
+- `neither2`: the photos that are neither weigh twice as much in the loss;
+- `mixup`: each batch's tail inputs (block 20's input) mixed in pairs, the loss mixed
+  alike (manifold mixup, alpha 0.2; free at serving).
 
 Each recipe then gets its temperature and `neither` threshold fitted on validation
 (model_lib.assessment) on its float32 PyTorch logits. Validation decides; test is
@@ -37,7 +40,7 @@ import torch
 from bench.stage_finetune import FIGURES, THREADS, cut_activations, scored
 from model_lib.config import TrainConfig
 from model_lib.efficientnet import efficientnet_lite
-from model_lib.training import batches, evaluate, train_one_epoch
+from model_lib.training import batches, evaluate, fit_precision, train_one_epoch
 from model_lib.transfer import _TrainableTail, tail_optimizer
 
 LITE2_BLOCKS = 21
@@ -51,6 +54,7 @@ class Recipe:
     average_from: int = 0  # average the weights of epochs >= this (0: the last epoch's)
     label_smoothing: float = 0.0
     neither_weight: float = 1.0  # the loss weight of the last output (`neither`)
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of tail inputs (0: none)
 
 
 RECIPES = {
@@ -60,6 +64,7 @@ RECIPES = {
     "smooth": Recipe(label_smoothing=0.1),
     "views3": Recipe(views=3),
     "neither2": Recipe(neither_weight=2.0),
+    "mixup": Recipe(mixup_alpha=0.2),
 }
 
 
@@ -94,9 +99,14 @@ def train_tail(recipe: Recipe, seed: int, cached: dict, config: TrainConfig):
     weights = torch.ones(len(outputs))
     weights[-1] = recipe.neither_weight
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=recipe.label_smoothing)
+    if recipe.mixup_alpha:
+        mixer = _Mixup(recipe.mixup_alpha, generator, loss_fn)
+        loss_fn = mixer.loss
     averaged, history, seconds = None, [], 0.0
     for epoch in range(1, recipe.epochs + 1):
         loader = batches(*views[(epoch - 1) % len(views)], config.batch_size, generator)
+        if recipe.mixup_alpha:
+            loader = mixer.mixed(loader)
         started = time.perf_counter()
         train_one_epoch(
             tail,
@@ -121,6 +131,28 @@ def train_tail(recipe: Recipe, seed: int, cached: dict, config: TrainConfig):
     return tail.eval(), history, seconds
 
 
+class _Mixup:
+    """Mixes each batch with a shuffled copy of itself; `loss` mixes the two targets'
+    losses with the same weight (train_one_epoch sees the unmixed labels)."""
+
+    def __init__(self, alpha: float, generator: torch.Generator, loss_fn) -> None:
+        self.beta = torch.distributions.Beta(alpha, alpha)
+        self.generator, self.loss_fn = generator, loss_fn
+        self.weight, self.partner = 1.0, None
+
+    def mixed(self, loader):
+        for inputs, labels in loader:
+            self.weight = float(self.beta.sample())
+            self.partner = torch.randperm(len(labels), generator=self.generator)
+            inputs = inputs.float()
+            yield self.weight * inputs + (1 - self.weight) * inputs[self.partner], labels
+
+    def loss(self, logits, labels):
+        return self.weight * self.loss_fn(logits, labels) + (1 - self.weight) * self.loss_fn(
+            logits, labels[self.partner]
+        )
+
+
 def _running_mean(mean: dict | None, weights: dict, count: int) -> dict:
     if mean is None:
         return weights
@@ -135,7 +167,8 @@ def transfer_config(seed: int, data_fraction: float) -> TrainConfig:
         learning_rate=0.003,
         seed=seed,
         data_fraction=data_fraction,
-        training_precision="bf16-mixed",
+        # as the flow: float32 where the CPU has no native bfloat16 (emulated is far slower)
+        training_precision=fit_precision("bf16-mixed"),
     )
 
 
