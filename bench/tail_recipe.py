@@ -12,6 +12,8 @@ backbone), the same optimizer, one-cycle schedule, learning rates and bf16-mixed
 - `swa`: the tail's weights averaged over the ends of epochs 3-5 (free at serving;
   batch-norm statistics are frozen in this fit, so the average needs no BN update);
 - `smooth`: label smoothing 0.1;
+- `views1`: one fresh view, replayed in every epoch (in the flow, one trunk pass fewer:
+  about 200-300 s);
 - `views3`: a third fresh view as epoch 3 (in the flow, one more trunk pass: about
   200 s);
 - `neither2`: the photos that are neither weigh twice as much in the loss;
@@ -62,6 +64,7 @@ RECIPES = {
     "epochs8": Recipe(epochs=8),
     "swa": Recipe(average_from=3),
     "smooth": Recipe(label_smoothing=0.1),
+    "views1": Recipe(views=1),
     "views3": Recipe(views=3),
     "neither2": Recipe(neither_weight=2.0),
     "mixup": Recipe(mixup_alpha=0.2),
