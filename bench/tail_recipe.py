@@ -12,8 +12,8 @@ backbone), the same optimizer, one-cycle schedule, learning rates and bf16-mixed
 - `swa`: the tail's weights averaged over the ends of epochs 3-5 (free at serving;
   batch-norm statistics are frozen in this fit, so the average needs no BN update);
 - `smooth`: label smoothing 0.1;
-- `views1`: one fresh view, replayed in every epoch (in the flow, one trunk pass fewer:
-  about 200-300 s);
+- `views1`: one fresh view, replayed in every epoch (in the flow, epoch 2 a replay:
+  about 160-190 s less);
 - `views3`: a third fresh view as epoch 3 (in the flow, one more trunk pass: about
   200 s);
 - `neither2`: the photos that are neither weigh twice as much in the loss;
