@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(THREADS)
 
     config = transfer_config(42, args.data_fraction)
-    # The tail benches' cache (bench.tail_recipe --recipes views3): its first two views
-    # are the ones a two-view cache holds, and the teacher and students use only those.
+    # The tail benches' cache (bench.tail_recipe --recipes views3): its first FRESH_VIEWS
+    # views are the deployment's, and the teacher and students use only those.
     cached = cut_activations(config, LITE2_BLOCKS - TRAINED_BLOCKS, args.cache, views=3)
     features = student_activations(config, cached, args.cache)
     print(

@@ -1,8 +1,8 @@
 """What does the transfer fit's recipe buy, at the same serving cost?
 
 The `transfer` deployment trains Lite2's last MBConv block, head conv and classifier
-(`trained_blocks: 1`) for 5 epochs: 2 fresh augmented views through the frozen trunk,
-then replays of them. Each recipe below changes one thing, on the same cached views
+(`trained_blocks: 1`) for 5 epochs: `FRESH_VIEWS` (one) fresh augmented view through the
+frozen trunk, then replays of it. Each recipe below changes one thing, on the same cached views
 (the trunk up to block 20 runs once per view through ONNX Runtime, as fit_transfer's
 backbone), the same optimizer, one-cycle schedule, learning rates and bf16-mixed tail
 (float32 on a CPU without native bfloat16, as the flow):
@@ -12,10 +12,8 @@ backbone), the same optimizer, one-cycle schedule, learning rates and bf16-mixed
 - `swa`: the tail's weights averaged over the ends of epochs 3-5 (free at serving;
   batch-norm statistics are frozen in this fit, so the average needs no BN update);
 - `smooth`: label smoothing 0.1;
-- `views1`: one fresh view, replayed in every epoch (in the flow, epoch 2 a replay:
-  about 160-190 s less);
-- `views3`: a third fresh view as epoch 3 (in the flow, one more trunk pass: about
-  200 s);
+- `views1`, `views2`, `views3`: that many fresh views, then replays (each view is one
+  trunk pass in the flow: about 160-200 s; the default was `views2` until 2026-12-08);
 - `neither2`: the photos that are neither weigh twice as much in the loss;
 - `mixup`: each batch's tail inputs (block 20's input) mixed in pairs, the loss mixed
   alike (manifold mixup, alpha 0.2; free at serving).
@@ -43,7 +41,7 @@ from bench.stage_finetune import FIGURES, THREADS, cut_activations, scored
 from model_lib.config import TrainConfig
 from model_lib.efficientnet import efficientnet_lite
 from model_lib.training import batches, evaluate, fit_precision, train_one_epoch
-from model_lib.transfer import _TrainableTail, tail_optimizer
+from model_lib.transfer import FRESH_VIEWS, _TrainableTail, tail_optimizer
 
 LITE2_BLOCKS = 21
 TRAINED_BLOCKS = 1  # as the `transfer` deployment
@@ -52,7 +50,7 @@ TRAINED_BLOCKS = 1  # as the `transfer` deployment
 @dataclass(frozen=True)
 class Recipe:
     epochs: int = 5
-    views: int = 2
+    views: int = FRESH_VIEWS
     average_from: int = 0  # average the weights of epochs >= this (0: the last epoch's)
     label_smoothing: float = 0.0
     neither_weight: float = 1.0  # the loss weight of the last output (`neither`)
@@ -65,6 +63,7 @@ RECIPES = {
     "swa": Recipe(average_from=3),
     "smooth": Recipe(label_smoothing=0.1),
     "views1": Recipe(views=1),
+    "views2": Recipe(views=2),
     "views3": Recipe(views=3),
     "neither2": Recipe(neither_weight=2.0),
     "mixup": Recipe(mixup_alpha=0.2),
