@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         split: sources_of(getattr(dataset, f"{split}_items"), config.outlier_dir, pet_count)
         for split in ("train", "val", "test")
     }
-    views = max(recipe.views for recipe in RECIPES.values())  # bench.tail_recipe's cache
+    views = max(RECIPES[name].views for name in args.recipes.split(","))  # trunk passes needed
     cached = cut_activations(config, LITE2_BLOCKS - TRAINED_BLOCKS, args.cache, views)
     for split in ("train", "val", "test"):
         if len(sources[split]) != len(cached[f"{split}_labels"]):
